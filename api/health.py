@@ -1,0 +1,74 @@
+"""/healthz (with projection lag) and /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import orjson
+from fastapi import APIRouter, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from api.deps import ArchiveDep
+from api.wiring import Archive
+from infra.errors import ChronicleError
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+def healthz(archive: ArchiveDep) -> Response:
+    try:
+        end = archive.log.end()
+        checkpoint = archive.projector.checkpoint()
+    except ChronicleError as exc:
+        body = {"status": "unavailable", "detail": str(exc)}
+        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+    lag = sum(max(0, o - checkpoint.get(p, 0)) for p, o in end.items())
+    body = {
+        "status": "ok",
+        "log_end": {str(p): o for p, o in end.items()},
+        "checkpoint": {str(p): o for p, o in checkpoint.items()},
+        "projection_lag": lag,
+        "projection_error": archive.projector.last_error,
+        "skipped_events": archive.projector.skipped,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+class ArchiveCollector(Collector):
+    """Reads the archive's state at scrape time: nothing to keep in sync."""
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        end = self._archive.log.end()
+        checkpoint = self._archive.projector.checkpoint()
+        lag = GaugeMetricFamily("chronicle_projection_lag_events", "Events not yet projected")
+        lag.add_metric([], sum(max(0, o - checkpoint.get(p, 0)) for p, o in end.items()))
+        yield lag
+        ends = GaugeMetricFamily(
+            "chronicle_log_end_offset", "Next offset of the event log", labels=["partition"]
+        )
+        for p, o in end.items():
+            ends.add_metric([str(p)], o)
+        yield ends
+        skipped = GaugeMetricFamily(
+            "chronicle_projection_skipped_events", "Unreadable events the projector skipped"
+        )
+        skipped.add_metric([], self._archive.projector.skipped)
+        yield skipped
+
+
+def metrics_registry(archive: Archive) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ArchiveCollector(archive))
+    return registry
+
+
+@router.get("/metrics")
+def metrics(archive: ArchiveDep) -> Response:
+    registry = metrics_registry(archive)
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")

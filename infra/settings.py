@@ -1,0 +1,162 @@
+"""Settings: command-line flag > CHRONICLE_* environment > TOML file > defaults.
+
+`data_dir` derives the three backend URLs when they are not given. Nothing is
+built at import time: call `load_settings()` from the composition root.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class RemoteAE:
+    """A configured peer: TITLE@HOST:PORT."""
+
+    __slots__ = ("title", "host", "port")
+
+    def __init__(self, title: str, host: str, port: int) -> None:
+        self.title, self.host, self.port = title, host, port
+
+    @classmethod
+    def parse(cls, text: str) -> RemoteAE:
+        try:
+            title, address = text.strip().split("@", 1)
+            host, port = address.rsplit(":", 1)
+            ae = cls(title.strip(), host.strip(), int(port))
+        except ValueError as exc:
+            raise ValueError(f"remote AE {text!r} is not TITLE@HOST:PORT") from exc
+        if not ae.title or len(ae.title) > 16:
+            raise ValueError(f"remote AE title {ae.title!r} must be 1 to 16 characters")
+        return ae
+
+    def __str__(self) -> str:
+        return f"{self.title}@{self.host}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"RemoteAE({self})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteAE) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHRONICLE_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    config: Path | None = None
+    log_url: str = ""
+    blob_url: str = ""
+    index_url: str = ""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    dimse_host: str = "127.0.0.1"
+    dimse_port: int = 11112
+    ae_title: str = "CHRONICLE"
+    remote_aes: list[str] = Field(default_factory=list)
+    accept_any_caller: bool = False
+    public_url: str = ""
+
+    site: str = "local"
+    node: str = ""
+    #: Read-your-writes bound: how long a query waits for projections.
+    read_wait_seconds: float = 5.0
+    #: Below this many free bytes on the data disk, stores are refused.
+    min_free_bytes: int = 512 * 1024 * 1024
+    #: Largest STOW-RS request body and DIMSE dataset accepted.
+    max_body_bytes: int = 4 * 1024**3
+    #: Maximum PDU size offered and accepted over DIMSE (0 = unlimited).
+    max_pdu_size: int = 0
+    max_associations: int = 64
+    default_character_set: str = "ISO_IR 100"
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    projector_batch: int = 1000
+
+    @field_validator("remote_aes", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("remote_aes")
+    @classmethod
+    def _check_remote_aes(cls, value: list[str]) -> list[str]:
+        for text in value:
+            RemoteAE.parse(text)
+        return value
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        if not value.strip() or len(value.strip()) > 16:
+            raise ValueError("AE title must be 1 to 16 characters")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _derive_urls(self) -> Settings:
+        root = self.data_dir.resolve()
+        if not self.log_url:
+            self.log_url = f"sqlite://{root / 'log.db'}"
+        if not self.blob_url:
+            self.blob_url = f"file://{root / 'blobs'}"
+        if not self.index_url:
+            self.index_url = f"chdb://{root / 'index'}"
+        return self
+
+    @property
+    def remotes(self) -> list[RemoteAE]:
+        return [RemoteAE.parse(text) for text in self.remote_aes]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() merges the layers itself, so the order is explicit.
+        return (init_settings,)
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    # Accept both a flat file and one with a [chronicle] table.
+    section = data.get("chronicle", data)
+    return {k.replace("-", "_"): v for k, v in section.items()}
+
+
+def load_settings(
+    flags: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Merge flags (non-None only) > CHRONICLE_* environment > TOML config > defaults."""
+    env = os.environ if environ is None else environ
+    given = {k: v for k, v in (flags or {}).items() if v is not None and v != []}
+    config = given.get("config") or env.get("CHRONICLE_CONFIG")
+    values: dict[str, Any] = _toml(Path(config)) if config else {}
+    for name in Settings.model_fields:
+        key = f"CHRONICLE_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    values.update(given)
+    return Settings(**values)
+
+
+__all__ = ["RemoteAE", "Settings", "load_settings"]

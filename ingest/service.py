@@ -1,0 +1,210 @@
+"""Ingest: validate -> blob -> event -> outcome (DESIGN.md, The flow).
+
+One service for every route (DIMSE, STOW, IMPORT). It acknowledges nothing:
+callers answer success only after a method here returned, which is only after
+the blob and then the event are durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+from pydicom.uid import UID
+
+from infra.errors import ChronicleError, Invalid, Unavailable
+from infra.ports import BlobStore, EventLog
+from ingest.parse import ParsedInstance, parse_dataset, parse_part10
+from schemas import codec
+from schemas.events import BlobRef, Envelope, InstanceStored, Source
+
+log = logging.getLogger("chronicle.ingest")
+
+#: Events stay well under Kafka's 1 MB default message size; larger
+#: metadata (Enhanced multi-frame functional groups...) goes to a sidecar blob.
+MAX_INLINE_METADATA = 512 * 1024
+
+
+def instance_blob_key(dataset_sha256: str) -> str:
+    """Content-addressed key: the dataset hash decides where the bytes live."""
+    return f"instances/{dataset_sha256[:2]}/{dataset_sha256[2:4]}/{dataset_sha256}.dcm"
+
+
+def sidecar_blob_key(sha256: str) -> str:
+    return f"sidecars/{sha256[:2]}/{sha256[2:4]}/{sha256}.json"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    event: InstanceStored
+    position: tuple[int, int]
+    #: The same identity (SOP Instance UID + dataset sha256) was already kept:
+    #: no second blob was written; the event still records this receipt.
+    duplicate: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+class _Part10Reader(io.RawIOBase):
+    """Chronicle's File Meta followed by the source's dataset bytes, streamed."""
+
+    def __init__(self, file_meta: bytes, source: BinaryIO, dataset_offset: int) -> None:
+        self._head = memoryview(file_meta)
+        self._source = source
+        source.seek(dataset_offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._source.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
+
+
+def _is_storage_sop_class(uid: str) -> bool:
+    # Storage SOP classes are the only ones a C-STORE / STOW may carry; a
+    # private (non-standard) class is accepted as is: we keep what we're sent.
+    from pynetdicom.sop_class import uid_to_service_class
+    from pynetdicom.service_class import StorageServiceClass
+
+    if not uid.startswith("1.2.840.10008."):
+        return True
+    return issubclass(uid_to_service_class(UID(uid)), StorageServiceClass)
+
+
+class IngestService:
+    def __init__(
+        self,
+        log_: EventLog,
+        blobs: BlobStore,
+        *,
+        site: str = "local",
+        node: str = "",
+        min_free_bytes: int = 0,
+        space_path: Path | None = None,
+        default_charset: str = "ISO_IR 100",
+        free_bytes: Callable[[], int] | None = None,
+    ) -> None:
+        self._log = log_
+        self._blobs = blobs
+        self._site = site
+        self._node = node
+        self._min_free = min_free_bytes
+        self._space_path = space_path
+        self._charset = default_charset
+        self._free_bytes = free_bytes or self._disk_free
+
+    # -- the routes ---------------------------------------------------------
+
+    def store_part10_file(
+        self, path: Path, *, source: Source, expected_study_uid: str | None = None
+    ) -> StoreOutcome:
+        self.check_space()
+        parsed = parse_part10(path, default_charset=self._charset)
+        return self._keep(parsed, path, source, expected_study_uid)
+
+    def store_dataset_file(
+        self, path: Path, *, transfer_syntax_uid: str, source: Source, offset: int = 0
+    ) -> StoreOutcome:
+        self.check_space()
+        parsed = parse_dataset(
+            path, transfer_syntax_uid, offset=offset, default_charset=self._charset
+        )
+        return self._keep(parsed, path, source, None)
+
+    def store_bytes(self, data: bytes, *, source: Source) -> StoreOutcome:
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
+            tmp.write(data)
+            tmp.flush()
+            return self.store_part10_file(Path(tmp.name), source=source)
+
+    # -- the steps ----------------------------------------------------------
+
+    def check_space(self) -> None:
+        """Refuse before receiving more when the disk is below the floor."""
+        if self._min_free <= 0:
+            return
+        free = self._free_bytes()
+        if free < self._min_free:
+            raise Unavailable(
+                f"only {free} bytes free on the data disk, below the floor of {self._min_free}"
+            )
+
+    def _disk_free(self) -> int:
+        path = self._space_path or Path(".")
+        return shutil.disk_usage(path).free if path.exists() else 1 << 62
+
+    def _keep(
+        self, parsed: ParsedInstance, path: Path, source: Source, expected_study: str | None
+    ) -> StoreOutcome:
+        if expected_study is not None and parsed.study_instance_uid != expected_study:
+            raise Invalid(
+                f"instance {parsed.sop_instance_uid} belongs to study "
+                f"{parsed.study_instance_uid}, not {expected_study}",
+                status=0xA900,
+            )
+        if not _is_storage_sop_class(parsed.sop_class_uid):
+            raise Invalid(
+                f"SOP class {parsed.sop_class_uid} is not a storage SOP class", status=0x0122
+            )
+        blob, written = self._write_blob(parsed, path)
+        event = self._event(parsed, blob, source)
+        envelope = Envelope.of(event, key=event.study_instance_uid, site=self._site, node=self._node)
+        try:
+            [position] = self._log.append([(envelope.key, codec.encode(envelope))])
+        except ChronicleError:
+            raise
+        except Exception as exc:  # a driver error that escaped its adapter
+            raise Unavailable(f"event log append failed: {exc}") from exc
+        log.info(
+            "stored %s from %s%s at %s",
+            event.sop_instance_uid,
+            source.protocol,
+            f" {source.calling_ae}" if source.calling_ae else "",
+            position,
+        )
+        warnings = [] if written else ["duplicate: identical instance already kept"]
+        return StoreOutcome(event, position, duplicate=not written, warnings=warnings)
+
+    def _write_blob(self, parsed: ParsedInstance, path: Path) -> tuple[BlobRef, bool]:
+        key = instance_blob_key(parsed.dataset_sha256)
+        with path.open("rb") as fh:
+            written = self._blobs.put_if_absent(
+                key, _Part10Reader(parsed.file_meta, fh, parsed.dataset_offset)  # type: ignore[arg-type]
+            )
+        size = len(parsed.file_meta) + parsed.dataset_length
+        return BlobRef(key, parsed.dataset_sha256, size, len(parsed.file_meta)), written
+
+    def _event(self, parsed: ParsedInstance, blob: BlobRef, source: Source) -> InstanceStored:
+        event = InstanceStored(
+            sop_class_uid=parsed.sop_class_uid,
+            sop_instance_uid=parsed.sop_instance_uid,
+            series_instance_uid=parsed.series_instance_uid,
+            study_instance_uid=parsed.study_instance_uid,
+            patient_id=parsed.patient_id,
+            issuer_of_patient_id=parsed.issuer_of_patient_id,
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            blob=blob,
+            source=source,
+            metadata=parsed.metadata,
+            frames=parsed.frames,
+            frames_note=parsed.frames_note,
+        )
+        encoded = orjson.dumps(parsed.metadata)
+        if len(encoded) <= MAX_INLINE_METADATA:
+            return event
+        sha = hashlib.sha256(encoded).hexdigest()
+        key = sidecar_blob_key(sha)
+        self._blobs.put_if_absent(key, encoded)
+        return replace(event, metadata={}, sidecar=BlobRef(key, sha, len(encoded), 0))

@@ -1,0 +1,76 @@
+"""Compact JSON encoding of envelopes, with schema versions and upcasters.
+
+The encoded form is the public record (the log is the truth), so it stays
+plain JSON: the published schemas in schemas/jsonschema describe it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from schemas.events import EVENT_TYPES, BlobRef, Envelope, InstanceStored, Source
+
+#: (type, from_version) -> function turning a payload dict of that version
+#: into the next version's dict. Decoding applies them until current.
+UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+class DecodeError(ValueError):
+    """The bytes are not an event this code can read."""
+
+
+def encode(envelope: Envelope) -> bytes:
+    return orjson.dumps(envelope)
+
+
+def _instance_stored(p: dict[str, Any]) -> InstanceStored:
+    frames = p.get("frames")
+    sidecar = p.get("sidecar")
+    return InstanceStored(
+        sop_class_uid=p["sop_class_uid"],
+        sop_instance_uid=p["sop_instance_uid"],
+        series_instance_uid=p["series_instance_uid"],
+        study_instance_uid=p["study_instance_uid"],
+        patient_id=p["patient_id"],
+        issuer_of_patient_id=p["issuer_of_patient_id"],
+        transfer_syntax_uid=p["transfer_syntax_uid"],
+        blob=BlobRef(**p["blob"]),
+        source=Source(**p["source"]),
+        metadata=p["metadata"],
+        frames=[[(int(o), int(n)) for o, n in f] for f in frames] if frames is not None else None,
+        frames_note=p.get("frames_note", ""),
+        sidecar=BlobRef(**sidecar) if sidecar else None,
+    )
+
+
+_PAYLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {InstanceStored.TYPE: _instance_stored}
+
+
+def upcast(type_: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:
+    current = EVENT_TYPES[type_].VERSION
+    while version < current:
+        payload = UPCASTERS[(type_, version)](payload)
+        version += 1
+    return payload
+
+
+def decode(data: bytes) -> Envelope:
+    try:
+        raw = orjson.loads(data)
+        type_ = raw["type"]
+        payload = upcast(type_, int(raw["schema_version"]), raw["payload"])
+        return Envelope(
+            type=type_,
+            key=raw["key"],
+            payload=_PAYLOADS[type_](payload),
+            site=raw["site"],
+            node=raw["node"],
+            schema_version=EVENT_TYPES[type_].VERSION,
+            event_id=raw["event_id"],
+            occurred_at=raw["occurred_at"],
+        )
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise DecodeError(f"not a readable Chronicle event: {exc}") from exc
