@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept associations from any calling AE title",
     )
     serve.add_argument("--public-url", help="base URL used in RetrieveURL behind a proxy")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="front-end processes sharing the DIMSE and HTTP ports (default 1; one per core "
+        "gives the best ingest throughput)",
+    )
 
     imp = sub.add_parser("import", help="bulk-load DICOM files and folders")
     _common(imp)
@@ -73,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k not in {"command", "paths", "url", "quick", "verbose"}
+        k: v
+        for k, v in vars(args).items()
+        if k not in {"command", "paths", "url", "quick", "verbose"}
     }
     return load_settings(flags)
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 
 from tqdm import tqdm
 
-from api import importer
-from api.wiring import open_archive
+from api import importer, workers
+from api.wiring import Archive, open_archive
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.settings import Settings
 from projections.replay import replay
@@ -17,15 +19,37 @@ log = logging.getLogger("chronicle")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    owner_url = os.environ.get(workers.OWNER_URL_ENV)
+    if owner_url:
+        token = os.environ.get(workers.TOKEN_ENV, "")
+        archive = workers.open_worker_archive(settings, owner_url, token)
+        return _serve_front_ends(archive, role="worker")
+    archive = open_archive(settings)
+    pool = workers.WorkerPool()
+    try:
+        if settings.workers > 1:
+            pool.start_internal(archive)
+            pool.spawn(settings.workers - 1, sys.argv[1:])
+        return _serve_front_ends(archive, role="owner")
+    finally:
+        pool.stop()
+        archive.close()
+
+
+def _serve_front_ends(archive: Archive, *, role: str) -> int:
+    """DIMSE and DICOMweb on SO_REUSEPORT sockets shared with sibling processes."""
     import uvicorn
 
     from api.app import create_app
     from api.dimse.server import start_dimse
 
-    archive = open_archive(settings)
-    dimse = start_dimse(archive)
+    settings = archive.settings
+    dimse = start_dimse(archive, reuse_port=True)
+    http_socket = workers.reuse_port_socket(settings.http_host, settings.http_port)
     log.info(
-        "Chronicle serving DICOMweb on http://%s:%d/dicomweb and DIMSE %s on %s:%d",
+        "Chronicle %s (pid %d): DICOMweb http://%s:%d/dicomweb, DIMSE %s on %s:%d",
+        role,
+        os.getpid(),
         settings.http_host,
         settings.http_port,
         settings.ae_title,
@@ -34,16 +58,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     )
     try:
         config = uvicorn.Config(
-            create_app(archive),
-            host=settings.http_host,
-            port=settings.http_port,
-            log_level="info",
-            access_log=False,
+            create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run(sockets=[http_socket])
     finally:
         dimse.stop()
-        archive.close()
+        if role == "worker":
+            archive.close()
     return 0
 
 
@@ -84,5 +105,3 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         event_log.close()
     print(report.render())
     return 0 if report.ok else 1
-
-

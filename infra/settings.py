@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     #: Maximum PDU size offered and accepted over DIMSE (0 = unlimited).
     max_pdu_size: int = 0
     max_associations: int = 64
+    #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
+    workers: int = 1
     default_character_set: str = "ISO_IR 100"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     projector_batch: int = 1000

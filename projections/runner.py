@@ -68,6 +68,11 @@ class Projector:
         with self._cond:
             return dict(self._position)
 
+    def reload(self) -> None:
+        """Forget the cached position (the checkpoint table was swapped by replay)."""
+        with self._cond:
+            self._loaded = False
+
     def lag(self) -> int:
         end = self._log.end()
         position = self.checkpoint()
@@ -140,6 +145,7 @@ class Projector:
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"projector-{self._name}", daemon=True)
         self._thread.start()
 

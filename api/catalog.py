@@ -1,0 +1,160 @@
+"""What is stored where: instance rows for retrieval (WADO-RS, WADO-URI, C-MOVE, C-GET).
+
+Reads the live `instance` projection (FINAL, hidden = 0) with server-side
+parameters only; UIDs are validated by the caller before they get here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from infra.ports import BlobStore, ProjectionStore
+
+FrameRanges = list[tuple[int, int]]
+
+_BULK_URI = re.compile(r"^bulkdata/([0-9]{1,15})-([0-9]{1,15})$")
+
+_COLUMNS = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "blob_key",
+    "blob_size",
+    "dataset_offset",
+    "dataset_sha256",
+    "frames",
+    "metadata",
+    "sidecar_key",
+    "number_of_frames",
+    "instance_number",
+)
+
+# FINAL before WHERE: a later event (rejection, update) replaces the row, and
+# the filter must see the replacement, not an older version.
+_SELECT = (
+    f"SELECT {', '.join(_COLUMNS)} FROM instance FINAL"
+    " WHERE hidden = 0 AND study_instance_uid = {study:String}"
+)
+_ORDER = " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRow:
+    """One stored instance, as retrieval needs it."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    blob_size: int
+    #: Where the dataset (after File Meta) starts in the blob.
+    dataset_offset: int
+    dataset_sha256: str
+    #: Per frame, its fragments' (offset, length) in the blob; None when the
+    #: frames cannot be given as ranges (see the projection's frames_note).
+    frames: list[FrameRanges] | None
+    #: DICOM JSON text with relative BulkDataURIs; '' when in a sidecar blob.
+    metadata_json: str
+    sidecar_key: str
+    number_of_frames: int | None
+    instance_number: int | None
+
+
+def list_instances(
+    index: ProjectionStore,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[InstanceRow]:
+    """Live instances of a study (optionally one series / one instance), in a stable order."""
+    sql = _SELECT
+    params: dict[str, Any] = {"study": study_uid}
+    if series_uid is not None:
+        sql += " AND series_instance_uid = {series:String}"
+        params["series"] = series_uid
+    if sop_instance_uid is not None:
+        sql += " AND sop_instance_uid = {sop:String}"
+        params["sop"] = sop_instance_uid
+    return [_row(record) for record in index.query_dicts(sql + _ORDER, params)]
+
+
+def _row(record: dict[str, Any]) -> InstanceRow:
+    return InstanceRow(
+        study_instance_uid=record["study_instance_uid"],
+        series_instance_uid=record["series_instance_uid"],
+        sop_instance_uid=record["sop_instance_uid"],
+        sop_class_uid=record["sop_class_uid"],
+        transfer_syntax_uid=record["transfer_syntax_uid"],
+        blob_key=record["blob_key"],
+        blob_size=int(record["blob_size"]),
+        dataset_offset=int(record["dataset_offset"]),
+        dataset_sha256=record["dataset_sha256"],
+        frames=parse_frames(record["frames"]),
+        metadata_json=record["metadata"],
+        sidecar_key=record["sidecar_key"],
+        number_of_frames=_optional_int(record["number_of_frames"]),
+        instance_number=_optional_int(record["instance_number"]),
+    )
+
+
+def parse_frames(text: str) -> list[FrameRanges] | None:
+    """The frames column: JSON [[[offset, length], ...], ...] or '' (unknown)."""
+    if not text:
+        return None
+    frames: list[list[list[int]]] = orjson.loads(text)
+    return [[(int(offset), int(length)) for offset, length in frame] for frame in frames]
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def metadata_bytes(row: InstanceRow, blobs: BlobStore) -> bytes:
+    """The instance's DICOM JSON as stored (relative BulkDataURIs), as UTF-8 bytes."""
+    if row.metadata_json:
+        return row.metadata_json.encode()
+    if row.sidecar_key:
+        stream = blobs.get(row.sidecar_key)
+        try:
+            return stream.read()
+        finally:
+            stream.close()
+    return b"{}"
+
+
+def load_metadata(row: InstanceRow, blobs: BlobStore) -> dict[str, Any]:
+    """The instance's DICOM JSON object (relative BulkDataURIs)."""
+    meta: dict[str, Any] = orjson.loads(metadata_bytes(row, blobs))
+    return meta
+
+
+def bulk_ranges(meta: Any, frames: list[FrameRanges] | None) -> dict[tuple[int, int], str]:
+    """Every blob (offset, length) the metadata's BulkDataURIs or the frame table name -> VR.
+
+    Only these are served as bulk data: the blob holds the whole file, and
+    arbitrary ranges of it are not a resource anyone was given. Frame
+    fragments map to '' (bytes served as they are).
+    """
+    found: dict[tuple[int, int], str] = dict.fromkeys(
+        (fragment for frame in frames or [] for fragment in frame), ""
+    )
+    stack = [meta]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            uri = node.get("BulkDataURI")
+            match = _BULK_URI.match(uri) if isinstance(uri, str) else None
+            if match:
+                found[(int(match[1]), int(match[2]))] = str(node.get("vr", ""))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found

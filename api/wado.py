@@ -1,0 +1,522 @@
+"""WADO-RS (PS3.18 10.4): retrieve study, series, instance, metadata and bulk data.
+
+Instances stream from the blob store in 1 MiB chunks, one at a time, so a
+study never sits in memory. Content negotiation follows the Accept header's
+media ranges in q order; the first one every instance can be served in wins,
+otherwise 406 says why. Endpoints are plain `def`: FastAPI runs them, and
+Starlette iterates the streaming bodies, in its thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import StreamingResponse
+
+from api import pixels
+from api.catalog import InstanceRow, bulk_ranges, list_instances, metadata_bytes
+from api.deps import ArchiveDep
+from api.problems import lagging_headers, problem
+from infra.errors import Invalid, NotFound, Unavailable
+from infra.ports import BlobStore
+from schemas.dicom_json import absolutize_bulk_uris
+from schemas.dicom_xml import json_to_xml
+from schemas.uids import check_uid
+
+log = logging.getLogger("chronicle.wado")
+router = APIRouter(prefix="/dicomweb")
+
+CHUNK = 1 << 20
+AS_STORED = "*"
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+OCTET = "application/octet-stream"
+_ANY = frozenset({"*/*", "multipart/*"})
+_JSON_TYPES = frozenset({"*/*", "application/*", "application/json", DICOM_JSON})
+_BULK_RANGE = re.compile(r"^([0-9]{1,15})-([0-9]{1,15})$")
+_BYTE_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
+_RELATIVE_BULK = b'"BulkDataURI":"bulkdata/'
+
+
+class Refusal(Exception):
+    """An HTTP problem to answer instead of content."""
+
+    def __init__(
+        self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(detail or title)
+        self.status, self.title, self.detail = status, title, detail
+        self.headers = headers or {}
+
+
+# -- Accept ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRange:
+    media_type: str  # lower case, e.g. "multipart/related"
+    params: dict[str, str]  # lower-case names, unquoted values (q removed)
+    q: float
+
+
+def parse_accept(header: str | None) -> list[MediaRange]:
+    """Media ranges by preference (q, then order); an absent or blank header means */*."""
+    if header is None or not header.strip():
+        return [MediaRange("*/*", {}, 1.0)]
+    ranges: list[MediaRange] = []
+    for text in _split(header, ","):
+        fields = _split(text, ";")
+        media_type = fields[0].strip().lower()
+        if not media_type:
+            continue
+        params: dict[str, str] = {}
+        q = 1.0
+        for field in fields[1:]:
+            name, _, value = field.partition("=")
+            name, value = name.strip().lower(), _unquote(value.strip())
+            if name == "q":
+                q = _quality(value)
+            elif name:
+                params[name] = value
+        if q > 0:
+            ranges.append(MediaRange(media_type, params, q))
+    return sorted(ranges, key=lambda r: -r.q)
+
+
+def _type(media: MediaRange, default: str = "") -> str:
+    """The `type` parameter of a multipart range, lower case."""
+    return media.params.get("type", default).lower()
+
+
+def _split(text: str, separator: str) -> list[str]:
+    """Split on `separator` outside double quotes."""
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def _quality(value: str) -> float:
+    try:
+        return min(max(float(value), 0.0), 1.0)
+    except ValueError:
+        return 0.0
+
+
+# -- common prelude --------------------------------------------------------------
+
+
+def _rows(
+    archive: ArchiveDep, study: str, series: str | None, instance: str | None
+) -> tuple[list[InstanceRow], dict[str, str]]:
+    """Validate UIDs, wait for read-your-writes, find the instances (or refuse)."""
+    try:
+        study = check_uid(study, "StudyInstanceUID")
+        series = None if series is None else check_uid(series, "SeriesInstanceUID")
+        instance = None if instance is None else check_uid(instance, "SOPInstanceUID")
+    except Invalid as exc:
+        raise Refusal(400, "Bad Request", str(exc)) from exc
+    headers = lagging_headers(archive.read_barrier())
+    try:
+        rows = list_instances(archive.index, study, series, instance)
+    except Unavailable as exc:
+        raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
+    if not rows:
+        level = "instance" if instance else "series" if series else "study"
+        raise Refusal(404, "Not Found", f"no such {level}", headers)
+    return rows, headers
+
+
+def _answer(refusal: Refusal, headers: dict[str, str] | None = None) -> Response:
+    extra = {**refusal.headers, **(headers or {})}
+    if refusal.status == 503:
+        extra["Retry-After"] = "5"
+    return problem(refusal.status, refusal.title, refusal.detail, extra or None)
+
+
+def _base_url(archive: ArchiveDep, request: Request) -> str:
+    public: str = archive.settings.public_url
+    return (public or str(request.base_url)).rstrip("/") + "/dicomweb"
+
+
+def instance_url(base: str, row: InstanceRow) -> str:
+    return (
+        f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
+        f"/instances/{row.sop_instance_uid}"
+    )
+
+
+# -- retrieve instances ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    multipart: bool
+    transfer_syntax: str  # a UID or AS_STORED
+
+
+def dicom_offers(ranges: list[MediaRange], *, single_part: bool) -> list[Offer]:
+    """What the client accepts, as (multipart?, transfer syntax), best first."""
+    offers: list[Offer] = []
+    for media in ranges:
+        ts = media.params.get("transfer-syntax", pixels.EXPLICIT_VR_LITTLE_ENDIAN)
+        if media.media_type in _ANY:
+            offers.append(Offer(True, pixels.EXPLICIT_VR_LITTLE_ENDIAN))
+        elif media.media_type == "multipart/related":
+            if _type(media, DICOM) in (DICOM, "application/*", "*/*"):
+                offers.append(Offer(True, ts))
+        elif media.media_type == DICOM and single_part:
+            offers.append(Offer(False, ts))
+    return offers
+
+
+def choose_offer(rows: list[InstanceRow], offers: list[Offer]) -> Offer:
+    """The first offer every instance can be served in, or a 406 naming why not."""
+    if not offers:
+        raise Refusal(406, "Not Acceptable", f'retrieve answers multipart/related; type="{DICOM}"')
+    first_reason = ""
+    for offer in offers:
+        blocker = next((r for r in rows if not _servable(r, offer.transfer_syntax)), None)
+        if blocker is None:
+            return offer
+        first_reason = first_reason or (
+            f"instance {blocker.sop_instance_uid}: "
+            + pixels.why_not(blocker.transfer_syntax_uid, offer.transfer_syntax)
+        )
+    raise Refusal(406, "Not Acceptable", first_reason)
+
+
+def _servable(row: InstanceRow, ts: str) -> bool:
+    return ts == AS_STORED or pixels.can_transcode(row.transfer_syntax_uid, ts)
+
+
+def _part_body(blobs: BlobStore, row: InstanceRow, ts: str) -> tuple[str, Iterator[bytes]]:
+    """(transfer syntax delivered, body chunks); opens or transcodes eagerly so errors surface."""
+    if ts in (AS_STORED, row.transfer_syntax_uid):
+        return row.transfer_syntax_uid, _stream_chunks(blobs.get(row.blob_key))
+    stream = blobs.get(row.blob_key)
+    try:
+        body = pixels.to_explicit_le(stream)
+    except pixels.TranscodeUnsupported as exc:
+        # Checked before streaming; only a corrupt stream gets here. The part
+        # header stays truthful: the stored bytes in their own syntax.
+        log.warning("serving %s as stored: %s", row.sop_instance_uid, exc.reason)
+        return row.transfer_syntax_uid, _stream_chunks(blobs.get(row.blob_key))
+    finally:
+        stream.close()
+    return ts, _bytes_chunks(body)
+
+
+def _stream_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    try:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+    finally:
+        stream.close()
+
+
+def _bytes_chunks(body: bytes) -> Iterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(body), CHUNK):
+        yield bytes(view[start : start + CHUNK])
+
+
+def _multipart_instances(
+    blobs: BlobStore, rows: list[InstanceRow], ts: str, base: str, boundary: str
+) -> Iterator[bytes]:
+    first = _part_body(blobs, rows[0], ts)
+    return _parts(blobs, rows, ts, base, boundary, first)
+
+
+def _parts(
+    blobs: BlobStore,
+    rows: list[InstanceRow],
+    ts: str,
+    base: str,
+    boundary: str,
+    first: tuple[str, Iterator[bytes]],
+) -> Iterator[bytes]:
+    for index, row in enumerate(rows):
+        try:
+            delivered, chunks = first if index == 0 else _part_body(blobs, row, ts)
+        except (NotFound, Unavailable):
+            # Headers are gone; all we can do is cut the body short and say why.
+            log.exception("retrieve cut short at instance %s", row.sop_instance_uid)
+            raise
+        yield (
+            f"--{boundary}\r\nContent-Type: {DICOM}; transfer-syntax={delivered}\r\n"
+            f"Content-Location: {instance_url(base, row)}\r\n\r\n"
+        ).encode()
+        yield from chunks
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+def _retrieve(
+    archive: ArchiveDep, request: Request, study: str, series: str | None, instance: str | None
+) -> Response:
+    headers: dict[str, str] = {}
+    try:
+        rows, headers = _rows(archive, study, series, instance)
+        offers = dicom_offers(
+            parse_accept(request.headers.get("accept")), single_part=bool(instance)
+        )
+        offer = choose_offer(rows, offers)
+        if not offer.multipart:
+            delivered, chunks = _part_body(archive.blobs, rows[0], offer.transfer_syntax)
+            media = f"{DICOM}; transfer-syntax={delivered}"
+            return StreamingResponse(chunks, media_type=media, headers=headers)
+        boundary = uuid.uuid4().hex
+        body = _multipart_instances(
+            archive.blobs, rows, offer.transfer_syntax, _base_url(archive, request), boundary
+        )
+    except Refusal as refusal:
+        return _answer(refusal, headers)
+    except (NotFound, Unavailable) as exc:
+        return _answer(_storage_refusal(exc), headers)
+    media = f'multipart/related; type="{DICOM}"; boundary={boundary}'
+    return StreamingResponse(body, media_type=media, headers=headers)
+
+
+def _storage_refusal(exc: Exception) -> Refusal:
+    if isinstance(exc, NotFound):
+        return Refusal(500, "Internal Server Error", f"stored object missing: {exc}")
+    return Refusal(503, "Service Unavailable", str(exc))
+
+
+@router.get("/studies/{study}")
+def retrieve_study(study: str, request: Request, archive: ArchiveDep) -> Response:
+    return _retrieve(archive, request, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}")
+def retrieve_series(study: str, series: str, request: Request, archive: ArchiveDep) -> Response:
+    return _retrieve(archive, request, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}")
+def retrieve_instance(
+    study: str, series: str, instance: str, request: Request, archive: ArchiveDep
+) -> Response:
+    return _retrieve(archive, request, study, series, instance)
+
+
+# -- metadata --------------------------------------------------------------------
+
+
+def metadata_format(ranges: list[MediaRange]) -> str:
+    """DICOM_JSON or DICOM_XML (multipart), per the client's preference."""
+    for media in ranges:
+        if media.media_type in _JSON_TYPES:
+            return DICOM_JSON
+        if media.media_type == "multipart/related" and _type(media) == DICOM_XML:
+            return DICOM_XML
+    raise Refusal(
+        406, "Not Acceptable", f'metadata is {DICOM_JSON} or multipart/related; type="{DICOM_XML}"'
+    )
+
+
+def absolute_metadata(raw: bytes, url: str) -> bytes:
+    """Stored DICOM JSON with BulkDataURIs made absolute under the instance URL.
+
+    Stored metadata is compact JSON, where `"BulkDataURI":"bulkdata/` can only
+    be a key and its value (a string value would have escaped quotes), so a
+    byte replace does; anything else takes the parse-and-rewrite path.
+    """
+    found = raw.count(b'"BulkDataURI"')
+    if found == 0:
+        return raw
+    if raw.count(_RELATIVE_BULK) == found:
+        prefix = orjson.dumps(f"{url}/bulkdata/")[:-1]
+        return raw.replace(_RELATIVE_BULK, b'"BulkDataURI":' + prefix)
+    return orjson.dumps(absolutize_bulk_uris(orjson.loads(raw), url))
+
+
+def _metadata(
+    archive: ArchiveDep, request: Request, study: str, series: str | None, instance: str | None
+) -> Response:
+    headers: dict[str, str] = {}
+    try:
+        rows, headers = _rows(archive, study, series, instance)
+        chosen = metadata_format(parse_accept(request.headers.get("accept")))
+        base = _base_url(archive, request)
+        documents = [
+            absolute_metadata(metadata_bytes(row, archive.blobs), instance_url(base, row))
+            for row in rows
+        ]
+    except Refusal as refusal:
+        return _answer(refusal, headers)
+    except (NotFound, Unavailable) as exc:
+        return _answer(_storage_refusal(exc), headers)
+    if chosen == DICOM_JSON:
+        body = b"[" + b",".join(documents) + b"]"
+        return Response(body, media_type=DICOM_JSON, headers=headers)
+    boundary = uuid.uuid4().hex
+    parts = [
+        f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode()
+        + json_to_xml(orjson.loads(document))
+        + b"\r\n"
+        for document in documents
+    ]
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    media = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
+    return Response(body, media_type=media, headers=headers)
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request, archive: ArchiveDep) -> Response:
+    return _metadata(archive, request, study, None, None)
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(study: str, series: str, request: Request, archive: ArchiveDep) -> Response:
+    return _metadata(archive, request, study, series, None)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+def instance_metadata(
+    study: str, series: str, instance: str, request: Request, archive: ArchiveDep
+) -> Response:
+    return _metadata(archive, request, study, series, instance)
+
+
+# -- bulk data -------------------------------------------------------------------
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end exclusive) of a single `bytes=` range; None to send everything.
+
+    Multiple ranges and unparseable headers are ignored (RFC 9110 14.2);
+    a range that selects nothing is refused with 416.
+    """
+    match = _BYTE_RANGE.match((header or "").strip().replace(" ", ""))
+    if not match or not (match[1] or match[2]):
+        return None
+    if match[1]:
+        start = int(match[1])
+        end = size if not match[2] else min(size, int(match[2]) + 1)
+    else:
+        start, end = max(0, size - int(match[2])), size
+    if start >= end:
+        unsatisfiable = {"Content-Range": f"bytes */{size}"}
+        raise Refusal(416, "Range Not Satisfiable", f"resource is {size} bytes", unsatisfiable)
+    return start, end
+
+
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    """One bulk value in a blob; `swap` > 0 when stored big endian (served little endian)."""
+
+    blobs: BlobStore
+    row: InstanceRow
+    offset: int
+    swap: int
+
+    def chunks(self, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of the value, read in CHUNK-sized (word-aligned) pieces."""
+        low, high = start, end
+        if self.swap:
+            low, high = start - start % self.swap, end + (-end) % self.swap
+        for at in range(low, high, CHUNK):
+            raw = self.blobs.get_range(self.row.blob_key, self.offset + at, min(CHUNK, high - at))
+            if self.swap:
+                raw = pixels.swap_bytes(raw, self.swap)
+            yield raw[max(start - at, 0) : end - at]
+
+
+def _bulk_offer(ranges: list[MediaRange]) -> bool:
+    """True for the multipart form, False for single-part application/octet-stream."""
+    for media in ranges:
+        if media.media_type in _ANY:
+            return True
+        if media.media_type == "multipart/related":
+            if _type(media, OCTET) in (OCTET, "application/*", "*/*"):
+                return True
+        elif media.media_type in (OCTET, "application/*"):
+            return False
+    raise Refusal(
+        406, "Not Acceptable", f'bulk data is {OCTET} or multipart/related; type="{OCTET}"'
+    )
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{span}")
+def retrieve_bulkdata(
+    study: str, series: str, instance: str, span: str, request: Request, archive: ArchiveDep
+) -> Response:
+    headers: dict[str, str] = {}
+    try:
+        rows, headers = _rows(archive, study, series, instance)
+        row = rows[0]
+        match = _BULK_RANGE.match(span)
+        if not match:
+            raise Refusal(404, "Not Found", "bulk data is addressed as {offset}-{length}")
+        offset, length = int(match[1]), int(match[2])
+        meta = orjson.loads(metadata_bytes(row, archive.blobs))
+        vr = bulk_ranges(meta, row.frames).get((offset, length))
+        if vr is None:
+            raise Refusal(404, "Not Found", f"no bulk data {span} in this instance")
+        bulk = _Bulk(
+            archive.blobs, row, offset, pixels.big_endian_width(row.transfer_syntax_uid, vr)
+        )
+        multipart = _bulk_offer(parse_accept(request.headers.get("accept")))
+        if multipart:
+            return _bulk_multipart(archive, request, bulk, length, headers)
+        window = byte_range(request.headers.get("range"), length)
+    except Refusal as refusal:
+        return _answer(refusal, headers)
+    except (NotFound, Unavailable) as exc:
+        return _answer(_storage_refusal(exc), headers)
+    headers["Accept-Ranges"] = "bytes"
+    start, end = window or (0, length)
+    headers["Content-Length"] = str(end - start)
+    chunks = bulk.chunks(start, end)
+    if window is None:
+        return StreamingResponse(chunks, media_type=OCTET, headers=headers)
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{length}"
+    return StreamingResponse(chunks, status_code=206, media_type=OCTET, headers=headers)
+
+
+def _bulk_multipart(
+    archive: ArchiveDep, request: Request, bulk: _Bulk, length: int, headers: dict[str, str]
+) -> Response:
+    boundary = uuid.uuid4().hex
+    url = instance_url(_base_url(archive, request), bulk.row)
+    location = f"{url}/bulkdata/{bulk.offset}-{length}"
+    head = (
+        f"--{boundary}\r\nContent-Type: {OCTET}\r\nContent-Location: {location}\r\n\r\n"
+    ).encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        yield from bulk.chunks(0, length)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    media = f'multipart/related; type="{OCTET}"; boundary={boundary}'
+    return StreamingResponse(body(), media_type=media, headers=headers)

@@ -1,0 +1,134 @@
+"""Several front-end processes per node, to use every core past the GIL.
+
+The owner process holds the projection store (chDB locks its directory to one
+process) and the projector. With `--workers N`, it starts N-1 worker
+processes. Every process (owner included) serves DIMSE and DICOMweb on the
+same ports through SO_REUSEPORT listening sockets, so the kernel spreads
+associations and connections across them. A worker ingests on its own (the
+SQLite log is multi-process safe, blobs are files) and reads the projections
+through the owner's internal loopback endpoint (`infra.proxy_index`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from api.wiring import Archive
+from infra.factory import open_blob_store, open_event_log
+from infra.proxy_index import OwnerProjectionStore
+from infra.settings import Settings
+from ingest.service import IngestService
+
+log = logging.getLogger("chronicle.workers")
+
+OWNER_URL_ENV = "CHRONICLE_OWNER_URL"
+TOKEN_ENV = "CHRONICLE_INTERNAL_TOKEN"
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that sibling processes can bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
+class OwnerProjector:
+    """The projector as a worker sees it: the owner's, over loopback."""
+
+    skipped = 0
+    last_error = ""
+
+    def __init__(self, owner: OwnerProjectionStore) -> None:
+        self._owner = owner
+
+    def wait(self, target: dict[int, int], timeout: float) -> bool:
+        return self._owner.wait(target, timeout)
+
+    def checkpoint(self) -> dict[int, int]:
+        return self._owner.checkpoint()
+
+    def start(self) -> None:
+        """The owner runs the projector."""
+
+    def stop(self) -> None:
+        """The owner runs the projector."""
+
+    def reload(self) -> None:
+        """The owner runs the projector."""
+
+
+def open_worker_archive(settings: Settings, owner_url: str, token: str) -> Archive:
+    event_log = open_event_log(settings.log_url)
+    blobs = open_blob_store(settings.blob_url)
+    index = OwnerProjectionStore(owner_url, token)
+    ingest = IngestService(
+        event_log,
+        blobs,
+        site=settings.site,
+        node=settings.node,
+        min_free_bytes=settings.min_free_bytes,
+        space_path=settings.data_dir,
+        default_charset=settings.default_character_set,
+    )
+    projector = OwnerProjector(index)
+    return Archive(settings, event_log, blobs, index, ingest, projector)  # type: ignore[arg-type]
+
+
+@dataclass
+class WorkerPool:
+    """The owner's side: an internal endpoint and the worker processes."""
+
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    owner_url: str = ""
+    _server: object | None = None
+
+    def start_internal(self, archive: Archive) -> None:
+        import uvicorn
+
+        from api.internal import create_internal_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        self.owner_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(
+            create_internal_app(archive, self.token), log_level="warning", access_log=False
+        )
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._server = server
+        threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="internal-http", daemon=True
+        ).start()
+
+    def spawn(self, count: int, argv: list[str]) -> None:
+        env = {**os.environ, OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token}
+        for i in range(count):
+            command = [sys.executable, "-m", "api.cli", *argv]
+            self.processes.append(subprocess.Popen(command, env=env))
+            log.info("started front-end worker %d (pid %d)", i + 1, self.processes[-1].pid)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if self._server is not None:
+            self._server.should_exit = True  # type: ignore[attr-defined]

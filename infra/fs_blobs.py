@@ -1,0 +1,243 @@
+"""The embedded BlobStore: a directory of immutable files.
+
+A blob is written to a temp file beside its final path, fsynced, then linked
+into place with os.link, which fails when the name exists: put-if-absent is
+atomic without any lock, across threads and processes. The directory is
+fsynced afterwards so the new name survives a crash. Readers therefore only
+ever see complete blobs. Temp files start with '.', which no key segment may,
+so a crash leaves nothing that `keys()` would report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, NoReturn
+
+from infra.errors import Conflict, Invalid, NotFound, Unavailable
+
+CHUNK = 1024 * 1024
+_KEY_CHARS = re.compile(r"[A-Za-z0-9._/-]*")
+_TEMP_PREFIX = ".tmp-"
+# Filesystems without hard links: fall back to rename after an exists check.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
+
+
+def check_key(key: str) -> str:
+    """A blob key: relative, segments of [A-Za-z0-9._-] not starting with '.'."""
+    if not isinstance(key, str) or not key or len(key) > 1024:
+        raise Invalid(f"blob key {key!r} must be a non-empty string of at most 1024 characters")
+    if not _KEY_CHARS.fullmatch(key):
+        raise Invalid(f"blob key {key!r} may only contain A-Z a-z 0-9 . _ / -")
+    for segment in key.split("/"):
+        if not segment or segment.startswith("."):
+            # Empty segments mean a leading/trailing/double '/'; '.' covers
+            # '.', '..' and hidden names (our temp files).
+            raise Invalid(f"blob key {key!r} has an empty, '.' or '..' or hidden segment")
+    return key
+
+
+class FileBlobStore:
+    """`infra.ports.BlobStore` over a directory tree rooted at `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _fail(exc, str(self.root))
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    # -- write ------------------------------------------------------------------
+
+    def put_if_absent(self, key: str, source: BinaryIO | bytes) -> bool:
+        path = self._path(key)
+        if path.is_dir():
+            raise Conflict(f"blob key {key} names a folder of other blobs")
+        temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            if path.is_file():
+                stored = False
+            else:
+                self._make_dirs(path.parent)
+                _write_synced(temp, source)
+                stored = _link_if_absent(temp, path)
+            # Also when the key existed: a concurrent writer may have linked it
+            # without having fsynced the folder yet, and our caller will
+            # acknowledge on the strength of this answer.
+            _fsync_dir(path.parent)
+            return stored
+        except _SourceFailed as failed:
+            raise failed.error from None
+        except NotADirectoryError as exc:
+            raise Conflict(f"blob key {key} lies under another blob") from exc
+        except OSError as exc:
+            _fail(exc, key)
+        finally:
+            with contextlib.suppress(OSError):
+                # A leftover temp file is harmless: keys() skips it.
+                os.unlink(temp)
+
+    def _make_dirs(self, directory: Path) -> None:
+        # Each new directory's entry must itself be fsynced in its parent.
+        missing: list[Path] = []
+        while directory != self.root and not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for new in reversed(missing):
+            try:
+                new.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(new.parent)
+
+    # -- read -------------------------------------------------------------------
+
+    def get(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return path.open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"blob {key} not found") from exc
+        except OSError as exc:
+            _fail(exc, key)
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise Invalid(f"byte range {offset}+{length} of blob {key} is negative")
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+            raise NotFound(f"blob {key} not found") from exc
+        except OSError as exc:
+            _fail(exc, key)
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise NotFound(f"blob {key} not found")
+            size = info.st_size
+            if offset + length > size:
+                raise Invalid(f"byte range {offset}+{length} is past the end of {key} ({size})")
+            return _pread_exact(fd, offset, length)
+        except OSError as exc:
+            _fail(exc, key)
+        finally:
+            os.close(fd)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            info = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise NotFound(f"blob {key} not found") from exc
+        except OSError as exc:
+            _fail(exc, key)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotFound(f"blob {key} not found")
+        return info.st_size
+
+    def keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key starting with `prefix`, in sorted order (temp files skipped)."""
+        if not _KEY_CHARS.fullmatch(prefix) or prefix.startswith("/") or ".." in prefix.split("/"):
+            raise Invalid(f"blob key prefix {prefix!r} is not a valid key prefix")
+        # Walk only the deepest directory the prefix names in full.
+        base = prefix.rpartition("/")[0]
+        top = self.root / base if base else self.root
+        for directory, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            relative = Path(directory).relative_to(self.root).as_posix()
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                key = name if relative == "." else f"{relative}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
+
+def _write_synced(temp: Path, source: BinaryIO | bytes) -> None:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            _write_all(fd, memoryview(source))
+        else:
+            while chunk := _read_source(source):
+                _write_all(fd, memoryview(chunk))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _SourceFailed(Exception):
+    """The caller's stream failed: its error is the caller's, not the store's."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _read_source(source: BinaryIO) -> bytes:
+    try:
+        return source.read(CHUNK)
+    except OSError as exc:
+        raise _SourceFailed(exc) from exc
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _link_if_absent(temp: Path, path: Path) -> bool:
+    try:
+        os.link(temp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_LINK:
+            raise
+    if path.exists():
+        return False
+    os.rename(temp, path)
+    return True
+
+
+def _pread_exact(fd: int, offset: int, length: int) -> bytes:
+    parts: list[bytes] = []
+    while length > 0:
+        chunk = os.pread(fd, length, offset)
+        if not chunk:
+            raise OSError(errno.EIO, "blob shrank while being read")
+        parts.append(chunk)
+        offset += len(chunk)
+        length -= len(chunk)
+    return b"".join(parts)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fail(exc: OSError, what: str) -> NoReturn:
+    """Every other OSError (ENOSPC, EIO, EDQUOT, EROFS, EACCES…) is Unavailable."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    raise Unavailable(f"blob store: {what}: {reason}") from exc

@@ -1,0 +1,78 @@
+"""ProjectionStore over loopback HTTP to the process that owns the index.
+
+chDB locks its data directory to one process. Front-end worker processes
+(extra DIMSE and HTTP processes that use every core) read the projections
+through the owner's internal endpoint instead: the same SQL, the same
+parameters, read-only. URL: `owner+http://127.0.0.1:PORT` with the shared
+secret in CHRONICLE_INTERNAL_TOKEN.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from infra.errors import Invalid, NotFound, Unavailable
+
+TOKEN_HEADER = "X-Chronicle-Token"
+
+
+class OwnerProjectionStore:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        self._base = base_url.rstrip("/")
+        self._token = token if token is not None else os.environ.get("CHRONICLE_INTERNAL_TOKEN", "")
+        self._client = httpx.Client(timeout=timeout, headers={TOKEN_HEADER: self._token})
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        try:
+            response = self._client.post(
+                f"{self._base}{path}",
+                content=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"index owner at {self._base} unreachable: {exc}") from exc
+        if response.status_code == 400:
+            raise Invalid(response.text)
+        if response.status_code == 404:
+            raise NotFound(response.text)
+        if response.status_code != 200:
+            raise Unavailable(f"index owner answered {response.status_code}: {response.text[:300]}")
+        return orjson.loads(response.content)
+
+    def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        rows = self._post("/internal/query", {"sql": sql, "parameters": dict(parameters or {})})
+        return [tuple(row) for row in rows["rows"]]
+
+    def query_dicts(
+        self, sql: str, parameters: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        answer = self._post("/internal/query", {"sql": sql, "parameters": dict(parameters or {})})
+        names = answer["columns"]
+        return [dict(zip(names, row, strict=True)) for row in answer["rows"]]
+
+    def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        raise Invalid("a front-end worker reads the index; it never writes to it")
+
+    def insert(
+        self, table: str, rows: Sequence[Sequence[Any]], column_names: Sequence[str]
+    ) -> None:
+        raise Invalid("a front-end worker reads the index; it never writes to it")
+
+    def wait(self, target: Mapping[int, int], timeout: float) -> bool:
+        """Read-your-writes through the owner's projector."""
+        answer = self._post(
+            "/internal/wait", {"target": {str(p): o for p, o in target.items()}, "timeout": timeout}
+        )
+        return bool(answer["fresh"])
+
+    def checkpoint(self) -> dict[int, int]:
+        answer = self._post("/internal/checkpoint", {})
+        return {int(p): int(o) for p, o in answer["checkpoint"].items()}
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,148 @@
+"""The BlobStore contract: every adapter (see conftest.BLOB_STORE_ADAPTERS) must pass it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from infra.errors import Invalid, NotFound
+from infra.factory import open_blob_store
+from infra.ports import BlobStore
+
+
+def key_for(data: bytes) -> str:
+    digest = hashlib.sha256(data).hexdigest()
+    return f"sha256/{digest[:2]}/{digest}"
+
+
+class TestBlobStoreContract:
+    def test_put_then_get_size_exists(self, blob_store: BlobStore) -> None:
+        data = b"DICM" + os.urandom(3000)
+        key = key_for(data)
+        assert not blob_store.exists(key)
+        assert blob_store.put_if_absent(key, data) is True
+        assert blob_store.exists(key)
+        assert blob_store.size(key) == len(data)
+        with blob_store.get(key) as stream:
+            assert stream.read() == data
+
+    def test_second_put_is_a_no_op_that_keeps_the_first_bytes(self, blob_store: BlobStore) -> None:
+        blob_store.put_if_absent("k/first", b"original")
+        assert blob_store.put_if_absent("k/first", b"something else") is False
+        assert blob_store.put_if_absent("k/first", io.BytesIO(b"a stream")) is False
+        with blob_store.get("k/first") as stream:
+            assert stream.read() == b"original"
+
+    def test_a_stream_larger_than_a_chunk_is_stored_exactly(self, blob_store: BlobStore) -> None:
+        data = os.urandom(2 * 1024 * 1024 + 12345)
+        assert blob_store.put_if_absent("big/blob", io.BytesIO(data)) is True
+        assert blob_store.size("big/blob") == len(data)
+        with blob_store.get("big/blob") as stream:
+            assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(data).digest()
+
+    def test_an_empty_blob_is_a_blob(self, blob_store: BlobStore) -> None:
+        assert blob_store.put_if_absent("empty", b"") is True
+        assert blob_store.size("empty") == 0
+        assert blob_store.get_range("empty", 0, 0) == b""
+
+    @settings(
+        max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(offset=st.integers(0, 5000), length=st.integers(0, 5000))
+    def test_range_reads_return_exactly_the_range(
+        self, blob_store: BlobStore, offset: int, length: int
+    ) -> None:
+        data = bytes(range(256)) * 20  # 5120 bytes, every offset distinguishable
+        blob_store.put_if_absent("ranges", data)
+        if offset + length <= len(data):
+            assert blob_store.get_range("ranges", offset, length) == data[offset : offset + length]
+        else:
+            with pytest.raises(Invalid):
+                blob_store.get_range("ranges", offset, length)
+
+    def test_negative_ranges_are_invalid(self, blob_store: BlobStore) -> None:
+        blob_store.put_if_absent("r", b"0123456789")
+        with pytest.raises(Invalid):
+            blob_store.get_range("r", -1, 2)
+        with pytest.raises(Invalid):
+            blob_store.get_range("r", 0, -2)
+
+    def test_missing_blobs_are_not_found(self, blob_store: BlobStore) -> None:
+        assert not blob_store.exists("no/such/blob")
+        with pytest.raises(NotFound):
+            blob_store.get("no/such/blob")
+        with pytest.raises(NotFound):
+            blob_store.size("no/such/blob")
+        with pytest.raises(NotFound):
+            blob_store.get_range("no/such/blob", 0, 1)
+
+    def test_keys_lists_every_blob_under_a_prefix(self, blob_store: BlobStore) -> None:
+        for key in ["sha256/ab/ab01", "sha256/ab/ab02", "sha256/cd/cd01", "sidecar/x"]:
+            blob_store.put_if_absent(key, key.encode())
+        assert sorted(blob_store.keys()) == [
+            "sha256/ab/ab01",
+            "sha256/ab/ab02",
+            "sha256/cd/cd01",
+            "sidecar/x",
+        ]
+        assert sorted(blob_store.keys("sha256/ab")) == ["sha256/ab/ab01", "sha256/ab/ab02"]
+        assert sorted(blob_store.keys("sha256/c")) == ["sha256/cd/cd01"]
+        assert list(blob_store.keys("nothing/")) == []
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "",
+            "/abs/key",
+            "../escape",
+            "a/../../b",
+            "a//b",
+            "a/",
+            "sp ace",
+            "semi;colon",
+            "é",
+            "a\\b",
+        ],
+    )
+    def test_bad_keys_are_invalid(self, blob_store: BlobStore, key: str) -> None:
+        with pytest.raises(Invalid):
+            blob_store.put_if_absent(key, b"x")
+        with pytest.raises(Invalid):
+            blob_store.get(key)
+
+    def test_concurrent_puts_of_one_key_store_it_once(self, blob_store: BlobStore) -> None:
+        results: list[bool] = []
+        lock = threading.Lock()
+        data = os.urandom(256 * 1024)
+
+        def put() -> None:
+            stored = blob_store.put_if_absent("race/key", data)
+            with lock:
+                results.append(stored)
+
+        workers = [threading.Thread(target=put) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert sorted(results) == [False] * 7 + [True]
+        with blob_store.get("race/key") as stream:
+            assert stream.read() == data
+        assert list(blob_store.keys("race/")) == ["race/key"]
+
+    def test_stored_blobs_survive_reopening(self, blob_store_url: str) -> None:
+        first = open_blob_store(blob_store_url)
+        first.put_if_absent("kept/blob", b"durable bytes")
+        first.close()
+        again = open_blob_store(blob_store_url)
+        try:
+            assert again.get_range("kept/blob", 8, 5) == b"bytes"
+            assert again.put_if_absent("kept/blob", b"other") is False
+        finally:
+            again.close()
