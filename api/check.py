@@ -65,8 +65,14 @@ def check_archive(event_log: EventLog, blobs: BlobStore, *, verify_hashes: bool)
             for record in batch:
                 position[record.partition] = record.offset + 1
                 report.events += 1
-                _check_record(record.value, f"{record.partition}:{record.offset}", blobs,
-                              verify_hashes, report, referenced)
+                _check_record(
+                    record.value,
+                    f"{record.partition}:{record.offset}",
+                    blobs,
+                    verify_hashes,
+                    report,
+                    referenced,
+                )
             bar.update(len(batch))
     for prefix in ("instances/", "sidecars/"):
         report.orphans.extend(k for k in blobs.keys(prefix) if k not in referenced)

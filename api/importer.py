@@ -159,4 +159,3 @@ def _stow(client: httpx.Client, url: str, files: list[Path], summary: ImportSumm
         summary.skipped[f"STOW failure reason 0x{int(reason):04X}"] += 1
     if response.status_code >= 400 and not failed:
         summary.failed[f"HTTP {response.status_code}"] += len(files)
-

@@ -1,0 +1,169 @@
+"""QIDO-RS (PS3.18 10.6): search for studies, series and instances.
+
+Answers are DICOM JSON (application/dicom+json, the default) or one PS3.19
+Native DICOM Model part per match in multipart/related;
+type="application/dicom+xml". No match is 204 No Content (current PS3.18);
+a query that cannot be understood is a 400 problem. Endpoints are plain
+`def` so FastAPI runs them, and the read barrier's wait, in its thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any, Protocol
+
+import orjson
+from fastapi import APIRouter, Request, Response
+
+from api.deps import ArchiveDep
+from api.matching import Level, parse_qido, search_page
+from api.problems import lagging_headers, problem
+from infra.errors import Invalid, Unavailable
+from infra.ports import ProjectionStore
+from infra.settings import Settings
+from schemas.dicom_xml import json_to_xml
+from schemas.uids import check_uid
+
+log = logging.getLogger("chronicle.qido")
+router = APIRouter(prefix="/dicomweb")
+
+DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+MORE_RESULTS = '299 chronicle "There are additional results that can be requested"'
+_JSON_RANGES = frozenset({"*/*", "application/*", "application/json", DICOM_JSON})
+_XML_RANGES = frozenset({"multipart/related", "multipart/*"})
+
+
+class Searchable(Protocol):
+    """What a search needs of api.wiring.Archive."""
+
+    settings: Settings
+    index: ProjectionStore
+
+    def read_barrier(self) -> bool: ...
+
+
+@router.get("/studies")
+def search_studies(request: Request, archive: ArchiveDep) -> Response:
+    return _search(request, archive, Level.STUDY)
+
+
+@router.get("/series")
+def search_series(request: Request, archive: ArchiveDep) -> Response:
+    return _search(request, archive, Level.SERIES)
+
+
+@router.get("/instances")
+def search_instances(request: Request, archive: ArchiveDep) -> Response:
+    return _search(request, archive, Level.IMAGE)
+
+
+@router.get("/studies/{study}/series")
+def search_study_series(request: Request, archive: ArchiveDep, study: str) -> Response:
+    return _search(request, archive, Level.SERIES, study=study)
+
+
+@router.get("/studies/{study}/instances")
+def search_study_instances(request: Request, archive: ArchiveDep, study: str) -> Response:
+    return _search(request, archive, Level.IMAGE, study=study)
+
+
+@router.get("/studies/{study}/series/{series}/instances")
+def search_series_instances(
+    request: Request, archive: ArchiveDep, study: str, series: str
+) -> Response:
+    return _search(request, archive, Level.IMAGE, study=study, series=series)
+
+
+def _search(
+    request: Request,
+    archive: Searchable,
+    level: Level,
+    *,
+    study: str | None = None,
+    series: str | None = None,
+) -> Response:
+    reply = negotiate(request.headers.get("accept"))
+    if reply is None:
+        detail = f'QIDO-RS answers {DICOM_JSON} or multipart/related; type="{DICOM_XML}"'
+        return problem(406, "Not Acceptable", detail)
+    try:
+        query = parse_qido(
+            level,
+            request.query_params.multi_items(),
+            study_uid=check_uid(study, "StudyInstanceUID") if study is not None else None,
+            series_uid=check_uid(series, "SeriesInstanceUID") if series is not None else None,
+        )
+    except Invalid as exc:
+        return problem(400, "Bad Request", str(exc))
+    fresh = archive.read_barrier()
+    try:
+        page = search_page(archive.index, query)
+    except Invalid as exc:
+        # The query was validated above, so the index refusing it is our fault.
+        log.exception("QIDO-RS search failed: %s", request.url)
+        return problem(500, "Internal Server Error", str(exc))
+    except Unavailable as exc:
+        return problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
+    warnings = [w for w in (lagging_headers(fresh).get("Warning"), page.more and MORE_RESULTS) if w]
+    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    if not page.results:
+        return Response(status_code=204, headers=headers)
+    base = dicomweb_base(request, archive.settings)
+    results = [_absolute_retrieve_url(obj, base) for obj in page.results]
+    if reply == "json":
+        return Response(orjson.dumps(results), media_type=DICOM_JSON, headers=headers)
+    boundary = uuid.uuid4().hex
+    return Response(
+        _multipart_xml(results, boundary),
+        headers={
+            **headers,
+            "Content-Type": f'multipart/related; type="{DICOM_XML}"; boundary={boundary}',
+        },
+    )
+
+
+def negotiate(accept: str | None) -> str | None:
+    """'json', 'xml' or None (406) for an Accept header, by q-value then order."""
+    best: tuple[float, str] | None = None
+    for media_range in (accept or "*/*").split(","):
+        media, *fields = (f.strip() for f in media_range.split(";"))
+        params = {}
+        for f in fields:
+            name, _, value = f.partition("=")
+            params[name.strip().lower()] = value.strip().strip('"').lower()
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 0.0
+        media = media.lower()
+        kind = None
+        if media in _JSON_RANGES or not media:
+            kind = "json"
+        elif media in _XML_RANGES and params.get("type", DICOM_XML) == DICOM_XML:
+            kind = "xml"
+        if kind and q > 0 and (best is None or q > best[0]):
+            best = (q, kind)
+    return best[1] if best else None
+
+
+def dicomweb_base(request: Request, settings: Settings) -> str:
+    """The public DICOMweb root: --public-url behind a proxy, else the request's base."""
+    root = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+    return f"{root}/dicomweb"
+
+
+def _absolute_retrieve_url(obj: dict[str, Any], base: str) -> dict[str, Any]:
+    url = obj.get("00081190")
+    if url and url.get("Value"):
+        obj["00081190"] = {"vr": "UR", "Value": [f"{base}/{url['Value'][0]}"]}
+    return obj
+
+
+def _multipart_xml(results: list[dict[str, Any]], boundary: str) -> bytes:
+    parts = [
+        f"--{boundary}\r\nContent-Type: {DICOM_XML}\r\n\r\n".encode() + json_to_xml(obj) + b"\r\n"
+        for obj in results
+    ]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()

@@ -1,0 +1,554 @@
+"""The query model shared by QIDO-RS and C-FIND, and its translation to ClickHouse SQL.
+
+A `Query` names a level, match keys and return keys. It runs as two
+parameterised statements over the projection tables, read with FINAL:
+`search_sql` selects the page (matching entities that have a live instance, in
+the documented order), `page_sql` computes the page's aggregates at query time
+and fetches stored DICOM JSON for attributes without a column. Values never
+enter the SQL text: each becomes a server-side parameter {pN:Type}.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date
+from enum import Enum, StrEnum, auto
+
+from infra.errors import Invalid
+from schemas.uids import check_uid
+
+#: Largest QIDO-RS page, also the page size when the request gives no limit.
+MAX_LIMIT = 1000
+#: Largest C-FIND answer (C-FIND has no paging).
+CFIND_MAX_MATCHES = 10_000
+
+
+class Level(StrEnum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+    @property
+    def rank(self) -> int:
+        return list(Level).index(self)
+
+
+class Kind(Enum):
+    UID = auto()
+    TEXT = auto()
+    PN = auto()
+    DATE = auto()
+    TIME = auto()
+    NUMBER = auto()
+    ANY_OF = auto()  # an aggregated array matched against a list (ModalitiesInStudy)
+    UID_ANY_OF = auto()
+    SEQUENCE = auto()
+    RETURN = auto()  # returned, never matched
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    keyword: str
+    level: Level
+    kind: Kind
+    column: str  # column of the level's table, or of the aggregate "a"
+    aggregate: bool = False
+
+
+# level keyword kind column [agg]: every key that is matched or read from a column.
+_REGISTRY = """
+PATIENT PatientName PN patient_name
+PATIENT PatientID TEXT patient_id
+PATIENT IssuerOfPatientID TEXT issuer_of_patient_id
+PATIENT PatientBirthDate DATE patient_birth_date
+PATIENT PatientBirthTime TIME patient_birth_time
+PATIENT PatientSex TEXT patient_sex
+PATIENT SpecificCharacterSet RETURN specific_character_set
+PATIENT NumberOfPatientRelatedStudies RETURN n_studies agg
+PATIENT NumberOfPatientRelatedSeries RETURN n_series agg
+PATIENT NumberOfPatientRelatedInstances RETURN n_instances agg
+STUDY StudyInstanceUID UID study_instance_uid
+STUDY StudyDate DATE study_date
+STUDY StudyTime TIME study_time
+STUDY AccessionNumber TEXT accession_number
+STUDY StudyID TEXT study_id
+STUDY ReferringPhysicianName PN referring_physician_name
+STUDY StudyDescription TEXT study_description
+STUDY ModalitiesInStudy ANY_OF modalities agg
+STUDY SOPClassesInStudy UID_ANY_OF sop_classes agg
+STUDY NumberOfStudyRelatedSeries RETURN n_series agg
+STUDY NumberOfStudyRelatedInstances RETURN n_instances agg
+SERIES SeriesInstanceUID UID series_instance_uid
+SERIES Modality TEXT modality
+SERIES SeriesNumber NUMBER series_number
+SERIES SeriesDescription TEXT series_description
+SERIES PerformedProcedureStepStartDate DATE performed_procedure_step_start_date
+SERIES PerformedProcedureStepStartTime TIME performed_procedure_step_start_time
+SERIES RequestAttributesSequence SEQUENCE request_attributes
+SERIES NumberOfSeriesRelatedInstances RETURN n_instances agg
+IMAGE SOPInstanceUID UID sop_instance_uid
+IMAGE SOPClassUID UID sop_class_uid
+IMAGE InstanceNumber NUMBER instance_number
+IMAGE Rows NUMBER rows
+IMAGE Columns NUMBER columns
+IMAGE BitsAllocated NUMBER bits_allocated
+IMAGE NumberOfFrames NUMBER number_of_frames
+"""
+ATTRS: dict[str, Attr] = {
+    f[1]: Attr(f[1], Level(f[0]), Kind[f[2]], f[3], len(f) > 4)
+    for f in (line.split() for line in _REGISTRY.strip().splitlines())
+}
+#: Item keys of each sequence that sequence matching understands.
+SEQUENCE_ITEM_KEYS = {
+    "RequestAttributesSequence": ("ScheduledProcedureStepID", "RequestedProcedureID")
+}
+#: Date/time pairs matched as one DT range when both are given (combined matching).
+DATE_TIME_PAIRS = {
+    "StudyDate": "StudyTime",
+    "PatientBirthDate": "PatientBirthTime",
+    "PerformedProcedureStepStartDate": "PerformedProcedureStepStartTime",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One non-universal match key; `items` holds the item keys of sequence matching."""
+
+    keyword: str
+    value: str = ""
+    items: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    level: Level
+    matches: tuple[Match, ...] = ()
+    study_uid: str | None = None
+    series_uid: str | None = None
+    #: Return keys beyond the level's defaults, as 8-hex-digit tags.
+    include: tuple[str, ...] = ()
+    include_all: bool = False
+    limit: int = MAX_LIMIT
+    offset: int = 0
+    fuzzy: bool = False
+    #: "STUDY" (Study Root; QIDO-RS) or "PATIENT" (Patient Root).
+    model: str = "STUDY"
+    relational: bool = False
+    combined_datetime: bool = True
+    #: C-FIND answers with exactly the requested keys; QIDO-RS adds its defaults.
+    dimse: bool = False
+
+
+# ---------------------------------------------------------------- value rules
+
+_DATE = re.compile(r"^\d{8}$")
+_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
+_FLOOR, _CEIL = "000000.000000", "235959.999999"
+_LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
+
+
+def has_wildcard(value: str) -> bool:
+    return "*" in value or "?" in value
+
+
+def like_pattern(value: str) -> str:
+    """DICOM wildcards -> ClickHouse LIKE: * -> %, ? -> _, LIKE's own specials escaped."""
+    return value.translate(_LIKE)
+
+
+def fold(text: str) -> str:
+    """The fuzzy form: NFKD, combining marks dropped, lower case.
+
+    The projector must store patient_name_norm / referring_physician_name_norm
+    with this same function, or fuzzy matching misses.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+
+
+def date_range(keyword: str, value: str) -> tuple[str | None, str | None]:
+    """'D', 'D1-D2', '-D', 'D-' -> inclusive bounds (None = open)."""
+    lo, sep, hi = value.partition("-")
+    bounds = (lo, hi) if sep else (lo, lo)
+    if not any(bounds) or not all(_valid_date(b) for b in bounds if b):
+        raise Invalid(f"{keyword} {value!r} is not a date (YYYYMMDD) or date range")
+    return bounds[0] or None, bounds[1] or None
+
+
+def _valid_date(text: str) -> bool:
+    try:
+        return bool(_DATE.match(text)) and bool(date(int(text[:4]), int(text[4:6]), int(text[6:])))
+    except ValueError:
+        return False
+
+
+def time_range(keyword: str, value: str) -> tuple[str | None, str | None]:
+    """TM value or range -> 'HHMMSS.FFFFFF' bounds. A value covers its precision:
+    '1010' is 10:10:00.000000 to 10:10:59.999999, as a single value or a bound."""
+    lo, sep, hi = value.replace(":", "").partition("-")
+    hi = hi if sep else lo
+    if not (lo or hi):
+        raise Invalid(f"{keyword} {value!r} is not a time or time range")
+    return (
+        _time_bound(keyword, value, lo, _FLOOR) if lo else None,
+        _time_bound(keyword, value, hi, _CEIL) if hi else None,
+    )
+
+
+def _time_bound(keyword: str, value: str, text: str, pad: str) -> str:
+    m = _TIME.match(text)
+    valid = m is not None and not (m.group(4) and not m.group(3))
+    if not m or not valid or int(m[1]) > 23 or int(m[2] or 0) > 59 or int(m[3] or 0) > 60:
+        raise Invalid(f"{keyword} {value!r} is not a time (HHMMSS.FFFFFF) or time range")
+    whole, _, frac = text.partition(".")
+    return whole + pad[len(whole) : 6] + "." + frac + pad[7 + len(frac) :]
+
+
+def _tm_sql(column: str) -> str:
+    """A stored TM of any precision (ACR-NEMA colons tolerated) as 'HHMMSS.FFFFFF'."""
+    t = f"replaceAll({column}, ':', '')"
+    whole, frac = f"substring({t}, 1, 6)", f"substring({t}, 8, 6)"
+    return f"concat(rightPad({whole}, 6, '0'), '.', rightPad({frac}, 6, '0'))"
+
+
+def split_values(value: str, *, commas: bool) -> list[str]:
+    """Backslash separates values (C-FIND, QIDO); commas too where QIDO allows lists."""
+    parts = re.split(r"[\\,]" if commas else r"\\", value)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def uid_list(keyword: str, value: str, *, commas: bool) -> list[str]:
+    values = split_values(value, commas=commas)
+    if any(has_wildcard(v) for v in values):
+        raise Invalid(f"{keyword} takes a UID or a list of UIDs, not wildcards")
+    return [check_uid(v, keyword) for v in values]
+
+
+def _universal(values: list[str]) -> bool:
+    return any(set(v) == {"*"} for v in values)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+class Params:
+    """Collects server-side parameters and hands out their placeholders."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, object] = {}
+
+    def add(self, value: object, ch_type: str) -> str:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return f"{{{name}:{ch_type}}}"
+
+
+def _any(conds: Iterable[str]) -> str:
+    items = list(conds)
+    return items[0] if len(items) == 1 else "(" + " OR ".join(items) + ")"
+
+
+def _text(col: str, value: str, params: Params) -> str | None:
+    values = split_values(value, commas=False)
+    if _universal(values):
+        return None
+    return _any(
+        f"{col} LIKE {params.add(like_pattern(v), 'String')}"
+        if has_wildcard(v)
+        else f"{col} = {params.add(v, 'String')}"
+        for v in values
+    )
+
+
+def _number(keyword: str, col: str, value: str, params: Params) -> str | None:
+    values = split_values(value, commas=False)
+    if _universal(values):
+        return None
+    conds = []
+    for v in values:
+        if has_wildcard(v):
+            conds.append(f"toString({col}) LIKE {params.add(like_pattern(v), 'String')}")
+        elif re.fullmatch(r"[+-]?\d{1,18}", v):
+            conds.append(f"{col} = {params.add(int(v), 'Int64')}")
+        else:
+            raise Invalid(f"{keyword} {v!r} is not an integer")
+    return _any(conds)
+
+
+def _bounds(expr: str, lo: str | None, hi: str | None, params: Params, col: str) -> str:
+    """Range matching; an empty stored value never matches a date or time key."""
+    if lo is not None and lo == hi:
+        return f"{expr} = {params.add(lo, 'String')}"
+    conds = [f"{col} != ''"]
+    if lo is not None:
+        conds.append(f"{expr} >= {params.add(lo, 'String')}")
+    if hi is not None:
+        conds.append(f"{expr} <= {params.add(hi, 'String')}")
+    return "(" + " AND ".join(conds) + ")"
+
+
+def _pn(col: str, value: str, params: Params, fuzzy: bool) -> str | None:
+    names = split_values(value, commas=False)
+    if _universal(names):
+        return None
+
+    def literal(g_sql: str, text: str) -> str:
+        pattern = params.add(like_pattern(text.rstrip("^")), "String")
+        return f"lowerUTF8(trimRight({g_sql}, '^')) LIKE lowerUTF8({pattern})"
+
+    def prefixes(g_sql: str, text: str) -> str:
+        comps = [
+            f"splitByChar('^', {g_sql})[{n + 1}] LIKE {params.add(like_pattern(c) + '%', 'String')}"
+            for n, c in enumerate(fold(text).split("^"))
+            if c
+        ]
+        return "(" + " AND ".join(comps or ["1"]) + ")"
+
+    if fuzzy:
+        return _any(_per_group(col + "_norm", name, prefixes) for name in names)
+    return _any(_per_group(col, name, literal) for name in names)
+
+
+def _per_group(col: str, name: str, group_cond: Callable[[str, str], str]) -> str:
+    """A query of one group may match any stored component group (alphabetic,
+    ideographic, phonetic); a query with '=' is matched group by group."""
+    groups = name.split("=")
+    if len(groups) == 1:
+        return f"arrayExists(g -> {group_cond('g', name)}, splitByChar('=', {col}))"
+    conds = [group_cond(f"splitByChar('=', {col})[{n + 1}]", g) for n, g in enumerate(groups) if g]
+    return "(" + " AND ".join(conds or ["1"]) + ")"
+
+
+#: The instance column behind each aggregated array.
+_ROW_COLUMN = {"modalities": "modality", "sop_classes": "sop_class_uid"}
+
+
+def _any_of(attr: Attr, value: str, params: Params, scope: list[str]) -> str | None:
+    """'Any of the study's live instances has one of these values', as a semi-join:
+    the same answer as matching the aggregated array, without aggregating."""
+    col = _ROW_COLUMN[attr.column]
+    if attr.kind is Kind.UID_ANY_OF:
+        uids = uid_list(attr.keyword, value, commas=True)
+        cond: str | None = f"{col} IN {params.add(uids, 'Array(String)')}"
+    else:
+        cond = _text(col, value.replace(",", "\\"), params)
+    if cond is None:
+        return None
+    return f"study_instance_uid IN ({_live('study_instance_uid', [*scope, cond])})"
+
+
+def _live(keys: str, conds: list[str]) -> str:
+    """Keys with a live instance; WHERE on FINAL filters the newest row versions only."""
+    return f"SELECT {keys} FROM instance FINAL WHERE {_where(['hidden = 0', *conds])}"
+
+
+def _sequence(match: Match, col: str, params: Params) -> str | None:
+    """Sequence matching: one item must match every given item key."""
+    conds = []
+    for key, value in match.items:
+        if key not in SEQUENCE_ITEM_KEYS[match.keyword]:
+            raise Invalid(f"{match.keyword}.{key} is not supported for sequence matching")
+        if cond := _text(f"JSONExtractString(x, {params.add(key, 'String')})", value, params):
+            conds.append(cond)
+    if not conds:
+        return None
+    return f"arrayExists(x -> ({' AND '.join(conds)}), JSONExtractArrayRaw({col}))"
+
+
+def condition(query: Query, match: Match, params: Params) -> tuple[str, str] | None:
+    """(table alias, SQL) for one match key."""
+    attr = ATTRS[match.keyword]
+    alias = source_alias(attr.level, query.level)
+    if attr.aggregate:
+        cond = _any_of(attr, match.value, params, _study_scope(query, params))
+        return (alias, cond) if cond else None
+    col, kind, value = attr.column, attr.kind, match.value
+    cond = None
+    if kind is Kind.UID:
+        uids = uid_list(match.keyword, value, commas=not query.dimse)
+        cond = f"{col} IN {params.add(uids, 'Array(String)')}"
+    elif kind is Kind.TEXT:
+        cond = _text(col, value, params)
+    elif kind is Kind.PN:
+        cond = _pn(col, value, params, query.fuzzy)
+    elif kind is Kind.DATE:
+        cond = _bounds(col, *date_range(match.keyword, value), params, col)
+    elif kind is Kind.TIME:
+        cond = _bounds(_tm_sql(col), *time_range(match.keyword, value), params, col)
+    elif kind is Kind.NUMBER:
+        cond = _number(match.keyword, col, value, params)
+    elif kind is Kind.SEQUENCE:
+        cond = _sequence(match, col, params)
+    else:
+        raise Invalid(f"{match.keyword} is returned, not matched")
+    return (alias, cond) if cond else None
+
+
+def combined_datetime(query: Query, day: Match, time: Match, params: Params) -> tuple[str, str]:
+    """Date and time as one DT range: '20200101-20200102' with '2200-0600' is one night.
+
+    A missing time bound widens to the day's start or end; an open date bound
+    leaves the range open on that side. A stored empty time counts as 000000.
+    """
+    d_attr, t_attr = ATTRS[day.keyword], ATTRS[time.keyword]
+    d_lo, d_hi = date_range(day.keyword, day.value)
+    t_lo, t_hi = time_range(time.keyword, time.value)
+    d_col, t_col = d_attr.column, t_attr.column
+    expr = f"concat({d_col}, if({t_col} = '', '{_FLOOR}', {_tm_sql(t_col)}))"
+    lo = d_lo + (t_lo or _FLOOR) if d_lo else None
+    hi = d_hi + (t_hi or _CEIL) if d_hi else None
+    return source_alias(d_attr.level, query.level), _bounds(expr, lo, hi, params, d_col)
+
+
+def source_alias(attr_level: Level, query_level: Level) -> str:
+    """The table alias holding an attribute: patient columns are copied into study."""
+    if attr_level is Level.PATIENT:
+        return "p" if query_level is Level.PATIENT else "st"
+    return {Level.STUDY: "st", Level.SERIES: "se", Level.IMAGE: "i"}[attr_level]
+
+
+def _study_scope(query: Query, params: Params) -> list[str]:
+    return (
+        [f"study_instance_uid = {params.add(query.study_uid, 'String')}"] if query.study_uid else []
+    )
+
+
+def conditions(query: Query, params: Params) -> dict[str, list[str]]:
+    """Conditions by table alias (p, st, se, i) and 'inst' (live-instance semi-joins)."""
+    conds: dict[str, list[str]] = {k: [] for k in ("p", "st", "se", "i", "inst")}
+    if query.study_uid:
+        ph = params.add(query.study_uid, "String")
+        for alias in ("st", "se", "i", "inst"):
+            conds[alias].append(f"study_instance_uid = {ph}")
+    if query.series_uid:
+        ph = params.add(query.series_uid, "String")
+        for alias in ("se", "i", "inst"):
+            conds[alias].append(f"series_instance_uid = {ph}")
+    given = {m.keyword: m for m in query.matches}
+    paired = {
+        d: t for d, t in DATE_TIME_PAIRS.items() if query.combined_datetime and {d, t} <= set(given)
+    }
+    for m in query.matches:
+        if m.keyword in paired.values():
+            continue
+        found: tuple[str, str] | None
+        if m.keyword in paired:
+            found = combined_datetime(query, m, given[paired[m.keyword]], params)
+        else:
+            found = condition(query, m, params)
+        if found:
+            conds[found[0]].append(found[1])
+    return conds
+
+
+# ---------------------------------------------------------------- statements
+
+
+def _columns(*levels: Level) -> list[str]:
+    return [a.column for a in ATTRS.values() if a.level in levels and not a.aggregate]
+
+
+_COLUMNS: dict[str, tuple[str, list[str]]] = {
+    "p": ("patient", _columns(Level.PATIENT)),
+    "st": ("study", _columns(Level.PATIENT, Level.STUDY)),
+    "se": ("series", ["study_instance_uid", *_columns(Level.SERIES)]),
+    "i": ("instance", ["series_instance_uid", "study_instance_uid", *_columns(Level.IMAGE)]),
+}
+#: Key columns of each level.
+KEYS = {
+    Level.PATIENT: ("patient_id", "issuer_of_patient_id"),
+    Level.STUDY: ("study_instance_uid",),
+    Level.SERIES: ("series_instance_uid",),
+    Level.IMAGE: ("sop_instance_uid",),
+}
+_SOURCES = {
+    Level.PATIENT: ("p",),
+    Level.STUDY: ("st",),
+    Level.SERIES: ("se", "st"),
+    Level.IMAGE: ("i", "se", "st"),
+}
+_ON = {
+    "st": "st.study_instance_uid = {0}.study_instance_uid",
+    "se": "se.series_instance_uid = i.series_instance_uid",
+}
+# Deterministic aggregates only (never any()): answers must not depend on merge order.
+AGGREGATES: dict[Level, dict[str, str]] = {
+    Level.PATIENT: {
+        "n_studies": "uniqExact(study_instance_uid)",
+        "n_series": "uniqExact(series_instance_uid)",
+        "n_instances": "count()",
+    },
+    Level.STUDY: {
+        "n_series": "uniqExact(series_instance_uid)",
+        "n_instances": "count()",
+        "modalities": "arraySort(groupUniqArray(modality))",
+        "sop_classes": "arraySort(groupUniqArray(sop_class_uid))",
+    },
+    Level.SERIES: {"n_instances": "count()"},
+}
+#: The documented paging order: hierarchical, so a level's answers group by their
+#: study (newest first) and series; ties broken by the unique keys.
+_STUDY_ORDER = "st.study_date DESC, st.study_time DESC, st.study_instance_uid"
+_SERIES_ORDER = "se.series_number ASC NULLS LAST, se.series_instance_uid"
+ORDER = {
+    Level.PATIENT: "p.patient_name, p.patient_id, p.issuer_of_patient_id",
+    Level.STUDY: _STUDY_ORDER,
+    Level.SERIES: f"{_STUDY_ORDER}, {_SERIES_ORDER}",
+    Level.IMAGE: f"{_STUDY_ORDER}, {_SERIES_ORDER}, i.instance_number ASC NULLS LAST, "
+    "i.sop_instance_uid",
+}
+
+
+def _where(conds: Iterable[str]) -> str:
+    return " AND ".join(conds) or "1"
+
+
+def search_sql(query: Query) -> tuple[str, dict[str, object]]:
+    """Phase 1, the page: the level's rows (joined with the levels above) that match
+    and have a live instance, in the documented order. Asks for limit + 1 rows so
+    the caller knows whether more follow."""
+    params = Params()
+    conds = conditions(query, params)
+    sources = _SOURCES[query.level]
+    # A study matched through ModalitiesInStudy or SOPClassesInStudy is live already.
+    implied = query.level is Level.STUDY and any(ATTRS[m.keyword].aggregate for m in query.matches)
+    if query.level is not Level.IMAGE and not implied:
+        keys = ", ".join(KEYS[query.level])
+        conds[sources[0]].append(f"({keys}) IN ({_live(keys, conds['inst'])})")
+    selects: list[str] = []
+    joins: list[str] = []
+    for alias in sources:
+        table, cols = _COLUMNS[alias]
+        where = _where((["hidden = 0"] if alias == "i" else []) + conds[alias])
+        sub = f"(SELECT {', '.join(cols)} FROM {table} FINAL WHERE {where}) AS {alias}"
+        joins.append(f"INNER JOIN {sub} ON {_ON[alias].format(sources[0])}" if joins else sub)
+        selects += [f"{alias}.{c} AS {alias}__{c}" for c in cols]
+    limit = params.add(query.limit + 1, "UInt64")
+    offset = params.add(query.offset, "UInt64")
+    sql = (
+        f"SELECT {', '.join(selects)} FROM {' '.join(joins)} "
+        f"ORDER BY {ORDER[query.level]} LIMIT {limit} OFFSET {offset}"
+    )
+    return sql, params.values
+
+
+def page_sql(
+    level: Level, first_keys: list[str], *, metadata: bool
+) -> tuple[str, dict[str, object]]:
+    """Phase 2, per entity of the page: aggregates over its live instances (never
+    any(): deterministic whatever the merge order) and, when asked, the stored
+    DICOM JSON of its newest live instance (highest log version)."""
+    params = Params()
+    keys = ", ".join(KEYS[level])
+    where = f"hidden = 0 AND {KEYS[level][0]} IN {params.add(first_keys, 'Array(String)')}"
+    if level is Level.IMAGE:
+        return f"SELECT {keys}, metadata FROM instance FINAL WHERE {where}", params.values
+    columns = [f"{expr} AS {name}" for name, expr in AGGREGATES[level].items()]
+    if metadata:
+        columns.append("argMax(metadata, (version, sop_instance_uid)) AS metadata")
+    sql = f"SELECT {keys}, {', '.join(columns)} FROM instance FINAL WHERE {where} GROUP BY {keys}"
+    return sql, params.values
