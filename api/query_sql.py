@@ -11,13 +11,13 @@ enter the SQL text: each becomes a server-side parameter {pN:Type}.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum, StrEnum, auto
 
 from infra.errors import Invalid
+from schemas.names import fold
 from schemas.uids import check_uid
 
 #: Largest QIDO-RS page, also the page size when the request gives no limit.
@@ -158,16 +158,6 @@ def has_wildcard(value: str) -> bool:
 def like_pattern(value: str) -> str:
     """DICOM wildcards -> ClickHouse LIKE: * -> %, ? -> _, LIKE's own specials escaped."""
     return value.translate(_LIKE)
-
-
-def fold(text: str) -> str:
-    """The fuzzy form: NFKD, combining marks dropped, lower case.
-
-    The projector must store patient_name_norm / referring_physician_name_norm
-    with this same function, or fuzzy matching misses.
-    """
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
 
 
 def date_range(keyword: str, value: str) -> tuple[str | None, str | None]:

@@ -6,7 +6,6 @@ ReplacingMergeTree keeps one of them: projections are idempotent by design.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,6 +14,7 @@ import orjson
 
 from infra.ports import LogRecord
 from schemas.events import Envelope, InstanceStored
+from schemas.names import fold
 
 Row = dict[str, Any]
 
@@ -94,10 +94,8 @@ def person_name(meta: dict[str, Any], tag: str) -> str:
     return "=".join(groups).rstrip("=")
 
 
-def normalise_name(name: str) -> str:
-    """Lower case without accents: what fuzzy matching compares."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+#: Lower case without accents: what fuzzy matching compares.
+normalise_name = fold
 
 
 def normalise_time(tm: str) -> str:
