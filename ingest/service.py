@@ -174,7 +174,9 @@ class IngestService:
             f" {source.calling_ae}" if source.calling_ae else "",
             position,
         )
-        warnings = [] if written else ["duplicate: identical instance already kept"]
+        warnings = list(parsed.warnings)
+        if not written:
+            warnings.append("duplicate: identical instance already kept")
         return StoreOutcome(event, position, duplicate=not written, warnings=warnings)
 
     def _write_blob(self, parsed: ParsedInstance, path: Path) -> tuple[BlobRef, bool]:
