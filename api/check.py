@@ -105,7 +105,6 @@ def _check_record(
         except NotFound:
             report.missing.append(ref.key)
             continue
-        if size != ref.size:
-            report.corrupt.append(ref.key)
-        elif verify and _dataset_sha256(blobs, ref.key, ref.dataset_offset) != ref.sha256:
+        hash_ok = not verify or _dataset_sha256(blobs, ref.key, ref.dataset_offset) == ref.sha256
+        if size != ref.size or not hash_ok:
             report.corrupt.append(ref.key)

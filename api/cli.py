@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # pynetdicom logs several lines per request at INFO: ~5-10% of C-STORE time.
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
         settings = settings_from(args)
     except ValueError as exc:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
+import socket
 import sys
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -36,6 +40,35 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         archive.close()
 
 
+class _Server:
+    """uvicorn's Server, minus its re-raising of SIGTERM after shutdown.
+
+    uvicorn re-raises the captured signal once it stops, which would kill the
+    process before DIMSE is stopped and the archive closed.
+    """
+
+    @staticmethod
+    def run(config: object, sockets: list[socket.socket]) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                def stop(signum: int, frame: object) -> None:
+                    self.handle_exit(signum, None)
+
+                previous = {
+                    sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)
+                }
+                try:
+                    yield
+                finally:
+                    for sig, handler in previous.items():
+                        signal.signal(sig, handler)
+
+        Quiet(config).run(sockets=sockets)  # type: ignore[arg-type]
+
+
 def _serve_front_ends(archive: Archive, *, role: str) -> int:
     """DIMSE and DICOMweb on SO_REUSEPORT sockets shared with sibling processes."""
     import uvicorn
@@ -60,7 +93,7 @@ def _serve_front_ends(archive: Archive, *, role: str) -> int:
         config = uvicorn.Config(
             create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
-        uvicorn.Server(config).run(sockets=[http_socket])
+        _Server.run(config, [http_socket])
     finally:
         dimse.stop()
         if role == "worker":

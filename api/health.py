@@ -23,10 +23,10 @@ def healthz(archive: ArchiveDep) -> Response:
         end = archive.log.end()
         checkpoint = archive.projector.checkpoint()
     except ChronicleError as exc:
-        body = {"status": "unavailable", "detail": str(exc)}
-        return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+        down = {"status": "unavailable", "detail": str(exc)}
+        return Response(orjson.dumps(down), status_code=503, media_type="application/json")
     lag = sum(max(0, o - checkpoint.get(p, 0)) for p, o in end.items())
-    body = {
+    body: dict[str, object] = {
         "status": "ok",
         "log_end": {str(p): o for p, o in end.items()},
         "checkpoint": {str(p): o for p, o in checkpoint.items()},

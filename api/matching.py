@@ -2,8 +2,9 @@
 
 `parse_qido` and `query_from_identifier` turn a request into a `Query`;
 `search` runs it against the projection tables and answers DICOM JSON, one
-object per match. The matching rules, the SQL and the paging order live in
-`api.query_sql`; this module decides what each answer contains.
+object per match. The query model (attributes, return keys, value rules) lives
+in `api.query_model` and the SQL and paging order in `api.query_sql`; this
+module reads requests and renders what each answer contains.
 """
 
 from __future__ import annotations
@@ -15,25 +16,26 @@ from typing import Any
 
 import orjson
 from pydicom import DataElement, Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from api.query_sql import (
+from api.query_model import (
     ATTRS,
     CFIND_MAX_MATCHES,
     KEYS,
+    LEVEL_TAGS,
     MAX_LIMIT,
     SEQUENCE_ITEM_KEYS,
+    SPECIAL_KEYS,
     Kind,
     Level,
     Match,
-    Params,
     Query,
-    conditions,
     has_wildcard,
-    page_sql,
-    search_sql,
-    source_alias,
+    keyword_of,
+    return_keys,
+    tag_of,
 )
+from api.query_sql import Params, conditions, page_sql, search_sql, source_alias
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 
@@ -53,58 +55,8 @@ __all__ = [
 #: Mismatch between the identifier and the Query/Retrieve information model.
 IDENTIFIER_MISMATCH = 0xA900
 _CONTROLS = {"limit", "offset", "fuzzymatching", "includefield"}
-_SPECIALS = {"InstanceAvailability", "RetrieveURL", "QueryRetrieveLevel"}
-_UNIQUE = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-_STUDY_COLUMNS = (
-    "StudyDate StudyTime AccessionNumber ReferringPhysicianName PatientName PatientID "
-    "PatientBirthDate PatientSex StudyInstanceUID StudyID StudyDescription"
-)
-_SERIES_COLUMNS = (
-    "Modality SeriesDescription SeriesNumber SeriesInstanceUID PerformedProcedureStepStartDate "
-    "PerformedProcedureStepStartTime RequestAttributesSequence"
-)
-#: QIDO-RS defaults (PS3.18 tables 10.6.3-3 to -5); Patient Root C-FIND for PATIENT.
-_DEFAULTS = {
-    Level.PATIENT: "SpecificCharacterSet PatientName PatientID IssuerOfPatientID "
-    "PatientBirthDate PatientSex NumberOfPatientRelatedStudies NumberOfPatientRelatedSeries "
-    "NumberOfPatientRelatedInstances",
-    Level.STUDY: f"SpecificCharacterSet {_STUDY_COLUMNS} InstanceAvailability ModalitiesInStudy "
-    "SOPClassesInStudy NumberOfStudyRelatedSeries NumberOfStudyRelatedInstances RetrieveURL",
-    Level.SERIES: f"SpecificCharacterSet StudyInstanceUID {_SERIES_COLUMNS} "
-    "NumberOfSeriesRelatedInstances RetrieveURL",
-    Level.IMAGE: "SpecificCharacterSet StudyInstanceUID SeriesInstanceUID SOPClassUID "
-    "SOPInstanceUID InstanceAvailability InstanceNumber Rows Columns BitsAllocated "
-    "NumberOfFrames RetrieveURL",
-}
-# Attributes kept per level when includefield=all reads the stored metadata
-# (besides group 0010, the patient's): General Study, Patient Study, General
-# Series and Equipment modules. Instance level keeps every non-bulk attribute.
-_STUDY_EXTRA = (
-    "StudyDate StudyTime AccessionNumber IssuerOfAccessionNumberSequence ReferringPhysicianName "
-    "ReferringPhysicianIdentificationSequence StudyDescription ProcedureCodeSequence "
-    "PhysiciansOfRecord NameOfPhysiciansReadingStudy AdmittingDiagnosesDescription "
-    "StudyInstanceUID StudyID RequestingPhysician RequestedProcedureDescription AdmissionID "
-    "TimezoneOffsetFromUTC ReasonForPerformedProcedureCodeSequence"
-)
-_SERIES_EXTRA = (
-    "Modality SeriesDate SeriesTime SeriesDescription SeriesDescriptionCodeSequence "
-    "SeriesInstanceUID SeriesNumber Laterality BodyPartExamined ProtocolName OperatorsName "
-    "PerformingPhysicianName PerformedProcedureStepStartDate PerformedProcedureStepStartTime "
-    "PerformedProcedureStepID PerformedProcedureStepDescription RequestAttributesSequence "
-    "PatientPosition FrameOfReferenceUID Manufacturer InstitutionName StationName "
-    "InstitutionalDepartmentName ManufacturerModelName DeviceSerialNumber SoftwareVersions"
-)
-
-
-_TAG = {k: f"{tag_for_keyword(k):08X}" for k in [*ATTRS, *_SPECIALS]}
-_VR = {k: str(dictionary_VR(k)) for k in [*ATTRS, *_SPECIALS]}
-
-
-def _tags(keywords: str) -> frozenset[str]:
-    return frozenset(f"{tag_for_keyword(k):08X}" for k in keywords.split())
-
-
-_LEVEL_TAGS = {Level.STUDY: _tags(_STUDY_EXTRA), Level.SERIES: _tags(_SERIES_EXTRA)}
+_TAG = {k: f"{tag_for_keyword(k):08X}" for k in [*ATTRS, *SPECIAL_KEYS]}
+_VR = {k: str(dictionary_VR(k)) for k in [*ATTRS, *SPECIAL_KEYS]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,23 +67,6 @@ class Page:
 
 
 # ---------------------------------------------------------------- requests
-
-
-def tag_of(name: str) -> str:
-    """A keyword or 8-hex-digit tag as the tag's JSON key ('00100010')."""
-    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
-        return name.upper()
-    tag = tag_for_keyword(name)
-    if tag is None:
-        raise Invalid(f"{name!r} is neither a DICOM keyword nor a tag")
-    return f"{tag:08X}"
-
-
-def keyword_of(name: str) -> str:
-    keyword = keyword_for_tag(int(tag_of(name), 16))
-    if not keyword:
-        raise Invalid(f"{name!r} is not an attribute this archive can match")
-    return str(keyword)
 
 
 def parse_qido(
@@ -304,7 +239,7 @@ def search_page(index: ProjectionStore, query: Query) -> Page:
     rows = index.query_dicts(sql, params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    columns, tags = _return_keys(query)
+    columns, tags = return_keys(query)
     getters = [(_TAG[k], _getter(k, query)) for k in columns]
     with_metadata = bool(tags) or query.include_all
     extra = _page_extra(index, query, rows, with_metadata) if rows else {}
@@ -339,42 +274,6 @@ def _page_extra(
         key = tuple(str(v) for _, v in values[:width])
         found[key] = {f"a__{name}": value for name, value in values[width:]}
     return found
-
-
-def _return_keys(query: Query) -> tuple[list[str], list[str]]:
-    """(keywords answered from columns, tags answered from the stored metadata)."""
-    level = query.level
-    if query.dimse:
-        # The unique keys of the query level and those above always come back (PS3.4 C.4.1.2).
-        unique = _UNIQUE[1 if query.model == "STUDY" else 0 : level.rank + 1]
-        wanted = ["SpecificCharacterSet", "QueryRetrieveLevel", *unique]
-    else:
-        wanted = _DEFAULTS[level].split()
-        if level.rank > Level.STUDY.rank and not query.study_uid:
-            wanted += _STUDY_COLUMNS.split()
-        if level is Level.IMAGE and not query.series_uid:
-            wanted += _SERIES_COLUMNS.split()
-        wanted += [m.keyword for m in query.matches]
-    if query.include_all:
-        wanted += [k for k, a in ATTRS.items() if _has_column(a.keyword, level)]
-    tags: list[str] = []
-    for tag in query.include:
-        keyword = keyword_for_tag(int(tag, 16)) or ""
-        if _has_column(keyword, level):
-            wanted.append(keyword)
-        else:
-            tags.append(tag)
-    return list(dict.fromkeys(k for k in wanted if _has_column(k, level))), tags
-
-
-def _has_column(keyword: str, level: Level) -> bool:
-    """Whether a query at `level` answers `keyword` from its columns (or a constant)."""
-    if keyword in _SPECIALS:
-        return keyword != "RetrieveURL" or level is not Level.PATIENT
-    attr = ATTRS.get(keyword)
-    if attr is None or attr.level.rank > level.rank:
-        return False
-    return not attr.aggregate or attr.level is level
 
 
 Getter = Callable[[dict[str, Any]], dict[str, Any]]
@@ -455,13 +354,13 @@ def _level_metadata(query: Query, meta: dict[str, Any]) -> dict[str, Any]:
 
     def belongs(tag: str) -> bool:
         patient = tag.startswith("0010")
-        study = patient or tag in _LEVEL_TAGS[Level.STUDY]
+        study = patient or tag in LEVEL_TAGS[Level.STUDY]
         if level is Level.PATIENT:
             return patient
         if level is Level.STUDY:
             return study
         if level is Level.SERIES:
-            return tag in _LEVEL_TAGS[Level.SERIES] or (study and not query.study_uid)
+            return tag in LEVEL_TAGS[Level.SERIES] or (study and not query.study_uid)
         return True
 
     return {t: e for t, e in meta.items() if belongs(t) and not _has_bulk(e)}

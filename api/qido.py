@@ -17,8 +17,10 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from api.deps import ArchiveDep
-from api.matching import Level, parse_qido, search_page
+from api.matching import parse_qido, search_page
+from api.negotiation import MediaRange, first_offer, parse_accept, related_type
 from api.problems import lagging_headers, problem
+from api.query_model import Level
 from infra.errors import Invalid, Unavailable
 from infra.ports import ProjectionStore
 from infra.settings import Settings
@@ -126,26 +128,15 @@ def _search(
 
 def negotiate(accept: str | None) -> str | None:
     """'json', 'xml' or None (406) for an Accept header, by q-value then order."""
-    best: tuple[float, str] | None = None
-    for media_range in (accept or "*/*").split(","):
-        media, *fields = (f.strip() for f in media_range.split(";"))
-        params = {}
-        for f in fields:
-            name, _, value = f.partition("=")
-            params[name.strip().lower()] = value.strip().strip('"').lower()
-        try:
-            q = float(params.pop("q", "1"))
-        except ValueError:
-            q = 0.0
-        media = media.lower()
-        kind = None
-        if media in _JSON_RANGES or not media:
-            kind = "json"
-        elif media in _XML_RANGES and params.get("type", DICOM_XML) == DICOM_XML:
-            kind = "xml"
-        if kind and q > 0 and (best is None or q > best[0]):
-            best = (q, kind)
-    return best[1] if best else None
+    return first_offer(parse_accept(accept), _reply_kind)
+
+
+def _reply_kind(media: MediaRange) -> str | None:
+    if media.media_type in _JSON_RANGES:
+        return "json"
+    if media.media_type in _XML_RANGES and related_type(media, DICOM_XML) == DICOM_XML:
+        return "xml"
+    return None
 
 
 def dicomweb_base(request: Request, settings: Settings) -> str:

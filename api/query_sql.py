@@ -1,4 +1,4 @@
-"""The query model shared by QIDO-RS and C-FIND, and its translation to ClickHouse SQL.
+"""The translation of the query model (`api.query_model`) to ClickHouse SQL.
 
 A `Query` names a level, match keys and return keys. It runs as two
 parameterised statements over the projection tables, read with FINAL:
@@ -12,147 +12,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import date
-from enum import Enum, StrEnum, auto
 
+from api.query_model import (
+    ATTRS,
+    DATE_TIME_PAIRS,
+    KEYS,
+    SEQUENCE_ITEM_KEYS,
+    TIME_CEIL,
+    TIME_FLOOR,
+    Attr,
+    Kind,
+    Level,
+    Match,
+    Query,
+    date_range,
+    has_wildcard,
+    split_values,
+    time_range,
+    uid_list,
+)
 from infra.errors import Invalid
 from schemas.names import fold
-from schemas.uids import check_uid
 
-#: Largest QIDO-RS page, also the page size when the request gives no limit.
-MAX_LIMIT = 1000
-#: Largest C-FIND answer (C-FIND has no paging).
-CFIND_MAX_MATCHES = 10_000
+# ---------------------------------------------------------------- value rules in SQL
 
-
-class Level(StrEnum):
-    PATIENT = "PATIENT"
-    STUDY = "STUDY"
-    SERIES = "SERIES"
-    IMAGE = "IMAGE"
-
-    @property
-    def rank(self) -> int:
-        return list(Level).index(self)
-
-
-class Kind(Enum):
-    UID = auto()
-    TEXT = auto()
-    PN = auto()
-    DATE = auto()
-    TIME = auto()
-    NUMBER = auto()
-    ANY_OF = auto()  # an aggregated array matched against a list (ModalitiesInStudy)
-    UID_ANY_OF = auto()
-    SEQUENCE = auto()
-    RETURN = auto()  # returned, never matched
-
-
-@dataclass(frozen=True, slots=True)
-class Attr:
-    keyword: str
-    level: Level
-    kind: Kind
-    column: str  # column of the level's table, or of the aggregate "a"
-    aggregate: bool = False
-
-
-# level keyword kind column [agg]: every key that is matched or read from a column.
-_REGISTRY = """
-PATIENT PatientName PN patient_name
-PATIENT PatientID TEXT patient_id
-PATIENT IssuerOfPatientID TEXT issuer_of_patient_id
-PATIENT PatientBirthDate DATE patient_birth_date
-PATIENT PatientBirthTime TIME patient_birth_time
-PATIENT PatientSex TEXT patient_sex
-PATIENT SpecificCharacterSet RETURN specific_character_set
-PATIENT NumberOfPatientRelatedStudies RETURN n_studies agg
-PATIENT NumberOfPatientRelatedSeries RETURN n_series agg
-PATIENT NumberOfPatientRelatedInstances RETURN n_instances agg
-STUDY StudyInstanceUID UID study_instance_uid
-STUDY StudyDate DATE study_date
-STUDY StudyTime TIME study_time
-STUDY AccessionNumber TEXT accession_number
-STUDY StudyID TEXT study_id
-STUDY ReferringPhysicianName PN referring_physician_name
-STUDY StudyDescription TEXT study_description
-STUDY ModalitiesInStudy ANY_OF modalities agg
-STUDY SOPClassesInStudy UID_ANY_OF sop_classes agg
-STUDY NumberOfStudyRelatedSeries RETURN n_series agg
-STUDY NumberOfStudyRelatedInstances RETURN n_instances agg
-SERIES SeriesInstanceUID UID series_instance_uid
-SERIES Modality TEXT modality
-SERIES SeriesNumber NUMBER series_number
-SERIES SeriesDescription TEXT series_description
-SERIES PerformedProcedureStepStartDate DATE performed_procedure_step_start_date
-SERIES PerformedProcedureStepStartTime TIME performed_procedure_step_start_time
-SERIES RequestAttributesSequence SEQUENCE request_attributes
-SERIES NumberOfSeriesRelatedInstances RETURN n_instances agg
-IMAGE SOPInstanceUID UID sop_instance_uid
-IMAGE SOPClassUID UID sop_class_uid
-IMAGE InstanceNumber NUMBER instance_number
-IMAGE Rows NUMBER rows
-IMAGE Columns NUMBER columns
-IMAGE BitsAllocated NUMBER bits_allocated
-IMAGE NumberOfFrames NUMBER number_of_frames
-"""
-ATTRS: dict[str, Attr] = {
-    f[1]: Attr(f[1], Level(f[0]), Kind[f[2]], f[3], len(f) > 4)
-    for f in (line.split() for line in _REGISTRY.strip().splitlines())
-}
-#: Item keys of each sequence that sequence matching understands.
-SEQUENCE_ITEM_KEYS = {
-    "RequestAttributesSequence": ("ScheduledProcedureStepID", "RequestedProcedureID")
-}
-#: Date/time pairs matched as one DT range when both are given (combined matching).
-DATE_TIME_PAIRS = {
-    "StudyDate": "StudyTime",
-    "PatientBirthDate": "PatientBirthTime",
-    "PerformedProcedureStepStartDate": "PerformedProcedureStepStartTime",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    """One non-universal match key; `items` holds the item keys of sequence matching."""
-
-    keyword: str
-    value: str = ""
-    items: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    level: Level
-    matches: tuple[Match, ...] = ()
-    study_uid: str | None = None
-    series_uid: str | None = None
-    #: Return keys beyond the level's defaults, as 8-hex-digit tags.
-    include: tuple[str, ...] = ()
-    include_all: bool = False
-    limit: int = MAX_LIMIT
-    offset: int = 0
-    fuzzy: bool = False
-    #: "STUDY" (Study Root; QIDO-RS) or "PATIENT" (Patient Root).
-    model: str = "STUDY"
-    relational: bool = False
-    combined_datetime: bool = True
-    #: C-FIND answers with exactly the requested keys; QIDO-RS adds its defaults.
-    dimse: bool = False
-
-
-# ---------------------------------------------------------------- value rules
-
-_DATE = re.compile(r"^\d{8}$")
-_TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?$")
-_FLOOR, _CEIL = "000000.000000", "235959.999999"
 _LIKE = str.maketrans({"\\": "\\\\", "%": "\\%", "_": "\\_", "*": "%", "?": "_"})
-
-
-def has_wildcard(value: str) -> bool:
-    return "*" in value or "?" in value
 
 
 def like_pattern(value: str) -> str:
@@ -160,62 +44,11 @@ def like_pattern(value: str) -> str:
     return value.translate(_LIKE)
 
 
-def date_range(keyword: str, value: str) -> tuple[str | None, str | None]:
-    """'D', 'D1-D2', '-D', 'D-' -> inclusive bounds (None = open)."""
-    lo, sep, hi = value.partition("-")
-    bounds = (lo, hi) if sep else (lo, lo)
-    if not any(bounds) or not all(_valid_date(b) for b in bounds if b):
-        raise Invalid(f"{keyword} {value!r} is not a date (YYYYMMDD) or date range")
-    return bounds[0] or None, bounds[1] or None
-
-
-def _valid_date(text: str) -> bool:
-    try:
-        return bool(_DATE.match(text)) and bool(date(int(text[:4]), int(text[4:6]), int(text[6:])))
-    except ValueError:
-        return False
-
-
-def time_range(keyword: str, value: str) -> tuple[str | None, str | None]:
-    """TM value or range -> 'HHMMSS.FFFFFF' bounds. A value covers its precision:
-    '1010' is 10:10:00.000000 to 10:10:59.999999, as a single value or a bound."""
-    lo, sep, hi = value.replace(":", "").partition("-")
-    hi = hi if sep else lo
-    if not (lo or hi):
-        raise Invalid(f"{keyword} {value!r} is not a time or time range")
-    return (
-        _time_bound(keyword, value, lo, _FLOOR) if lo else None,
-        _time_bound(keyword, value, hi, _CEIL) if hi else None,
-    )
-
-
-def _time_bound(keyword: str, value: str, text: str, pad: str) -> str:
-    m = _TIME.match(text)
-    valid = m is not None and not (m.group(4) and not m.group(3))
-    if not m or not valid or int(m[1]) > 23 or int(m[2] or 0) > 59 or int(m[3] or 0) > 60:
-        raise Invalid(f"{keyword} {value!r} is not a time (HHMMSS.FFFFFF) or time range")
-    whole, _, frac = text.partition(".")
-    return whole + pad[len(whole) : 6] + "." + frac + pad[7 + len(frac) :]
-
-
 def _tm_sql(column: str) -> str:
     """A stored TM of any precision (ACR-NEMA colons tolerated) as 'HHMMSS.FFFFFF'."""
     t = f"replaceAll({column}, ':', '')"
     whole, frac = f"substring({t}, 1, 6)", f"substring({t}, 8, 6)"
     return f"concat(rightPad({whole}, 6, '0'), '.', rightPad({frac}, 6, '0'))"
-
-
-def split_values(value: str, *, commas: bool) -> list[str]:
-    """Backslash separates values (C-FIND, QIDO); commas too where QIDO allows lists."""
-    parts = re.split(r"[\\,]" if commas else r"\\", value)
-    return [p.strip() for p in parts if p.strip()]
-
-
-def uid_list(keyword: str, value: str, *, commas: bool) -> list[str]:
-    values = split_values(value, commas=commas)
-    if any(has_wildcard(v) for v in values):
-        raise Invalid(f"{keyword} takes a UID or a list of UIDs, not wildcards")
-    return [check_uid(v, keyword) for v in values]
 
 
 def _universal(values: list[str]) -> bool:
@@ -388,9 +221,9 @@ def combined_datetime(query: Query, day: Match, time: Match, params: Params) -> 
     d_lo, d_hi = date_range(day.keyword, day.value)
     t_lo, t_hi = time_range(time.keyword, time.value)
     d_col, t_col = d_attr.column, t_attr.column
-    expr = f"concat({d_col}, if({t_col} = '', '{_FLOOR}', {_tm_sql(t_col)}))"
-    lo = d_lo + (t_lo or _FLOOR) if d_lo else None
-    hi = d_hi + (t_hi or _CEIL) if d_hi else None
+    expr = f"concat({d_col}, if({t_col} = '', '{TIME_FLOOR}', {_tm_sql(t_col)}))"
+    lo = d_lo + (t_lo or TIME_FLOOR) if d_lo else None
+    hi = d_hi + (t_hi or TIME_CEIL) if d_hi else None
     return source_alias(d_attr.level, query.level), _bounds(expr, lo, hi, params, d_col)
 
 
@@ -447,13 +280,6 @@ _COLUMNS: dict[str, tuple[str, list[str]]] = {
     "st": ("study", _columns(Level.PATIENT, Level.STUDY)),
     "se": ("series", ["study_instance_uid", *_columns(Level.SERIES)]),
     "i": ("instance", ["series_instance_uid", "study_instance_uid", *_columns(Level.IMAGE)]),
-}
-#: Key columns of each level.
-KEYS = {
-    Level.PATIENT: ("patient_id", "issuer_of_patient_id"),
-    Level.STUDY: ("study_instance_uid",),
-    Level.SERIES: ("series_instance_uid",),
-    Level.IMAGE: ("sop_instance_uid",),
 }
 _SOURCES = {
     Level.PATIENT: ("p",),

@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydicom import dcmread
 from starlette.requests import ClientDisconnect
 
+from api.negotiation import MediaRange, first_offer, parse_accept, related_type
 from api.problems import problem
 from infra.errors import Invalid, Unavailable
 from infra.settings import Settings
@@ -327,39 +328,15 @@ def _sequence(items: Any) -> dict[str, Any]:
 
 def negotiate(accept: str) -> str | None:
     """The response media type the Accept header prefers, None when none is offered."""
-    if not accept.strip():
+    return first_offer(parse_accept(accept), _reply_kind)
+
+
+def _reply_kind(media: MediaRange) -> str | None:
+    if media.media_type in _JSON_ACCEPTS:
         return DICOM_JSON
-    best, best_q = None, 0.0
-    for member in _split_accept(accept):
-        media_type, params = parse_content_type(member)
-        kind = _reply_kind(media_type, params)
-        try:
-            q = float(params.get("q", "1"))
-        except ValueError:
-            q = 0.0
-        if kind is not None and q > best_q:
-            best, best_q = kind, q
-    return best
-
-
-def _split_accept(accept: str) -> list[str]:
-    """Accept members: commas split them except inside quoted parameter values."""
-    members, start, quoted = [], 0, False
-    for index, char in enumerate(accept):
-        if char == '"':
-            quoted = not quoted
-        elif char == "," and not quoted:
-            members.append(accept[start:index])
-            start = index + 1
-    return [*members, accept[start:]]
-
-
-def _reply_kind(media_type: str, params: dict[str, str]) -> str | None:
-    if media_type in _JSON_ACCEPTS:
-        return DICOM_JSON
-    if media_type in _XML_ACCEPTS:
+    if media.media_type in _XML_ACCEPTS:
         return DICOM_XML
-    if media_type == "multipart/related" and params.get("type", "").lower() == DICOM_XML:
+    if media.media_type == "multipart/related" and related_type(media) == DICOM_XML:
         return MULTIPART_XML
     return None
 

@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from api import pixels
 from api.catalog import InstanceRow, bulk_ranges, list_instances, metadata_bytes
 from api.deps import ArchiveDep
+from api.negotiation import MediaRange, Refusal, byte_range, parse_accept, related_type
 from api.problems import lagging_headers, problem
 from infra.errors import Invalid, NotFound, Unavailable
 from infra.ports import BlobStore
@@ -42,92 +43,9 @@ OCTET = "application/octet-stream"
 _ANY = frozenset({"*/*", "multipart/*"})
 _JSON_TYPES = frozenset({"*/*", "application/*", "application/json", DICOM_JSON})
 _BULK_RANGE = re.compile(r"^([0-9]{1,15})-([0-9]{1,15})$")
-_BYTE_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$")
 _RELATIVE_BULK = b'"BulkDataURI":"bulkdata/'
-
-
-class Refusal(Exception):
-    """An HTTP problem to answer instead of content."""
-
-    def __init__(
-        self, status: int, title: str, detail: str = "", headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(detail or title)
-        self.status, self.title, self.detail = status, title, detail
-        self.headers = headers or {}
-
-
-# -- Accept ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MediaRange:
-    media_type: str  # lower case, e.g. "multipart/related"
-    params: dict[str, str]  # lower-case names, unquoted values (q removed)
-    q: float
-
-
-def parse_accept(header: str | None) -> list[MediaRange]:
-    """Media ranges by preference (q, then order); an absent or blank header means */*."""
-    if header is None or not header.strip():
-        return [MediaRange("*/*", {}, 1.0)]
-    ranges: list[MediaRange] = []
-    for text in _split(header, ","):
-        fields = _split(text, ";")
-        media_type = fields[0].strip().lower()
-        if not media_type:
-            continue
-        params: dict[str, str] = {}
-        q = 1.0
-        for field in fields[1:]:
-            name, _, value = field.partition("=")
-            name, value = name.strip().lower(), _unquote(value.strip())
-            if name == "q":
-                q = _quality(value)
-            elif name:
-                params[name] = value
-        if q > 0:
-            ranges.append(MediaRange(media_type, params, q))
-    return sorted(ranges, key=lambda r: -r.q)
-
-
-def _type(media: MediaRange, default: str = "") -> str:
-    """The `type` parameter of a multipart range, lower case."""
-    return media.params.get("type", default).lower()
-
-
-def _split(text: str, separator: str) -> list[str]:
-    """Split on `separator` outside double quotes."""
-    parts: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    for char in text:
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == separator and not quoted:
-            parts.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    parts.append("".join(current))
-    return parts
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value
-
-
-def _quality(value: str) -> float:
-    try:
-        return min(max(float(value), 0.0), 1.0)
-    except ValueError:
-        return 0.0
+#: Failures answered as problems: NotFound here means a stored object vanished (500).
+_REFUSALS = (Refusal, NotFound, Unavailable)
 
 
 # -- common prelude --------------------------------------------------------------
@@ -154,11 +72,21 @@ def _rows(
     return rows, headers
 
 
-def _answer(refusal: Refusal, headers: dict[str, str] | None = None) -> Response:
+def _answer(exc: Exception, headers: dict[str, str] | None = None) -> Response:
+    """The problem response for one of _REFUSALS."""
+    refusal = _as_refusal(exc)
     extra = {**refusal.headers, **(headers or {})}
     if refusal.status == 503:
         extra["Retry-After"] = "5"
     return problem(refusal.status, refusal.title, refusal.detail, extra or None)
+
+
+def _as_refusal(exc: Exception) -> Refusal:
+    if isinstance(exc, Refusal):
+        return exc
+    if isinstance(exc, NotFound):
+        return Refusal(500, "Internal Server Error", f"stored object missing: {exc}")
+    return Refusal(503, "Service Unavailable", str(exc))
 
 
 def _base_url(archive: ArchiveDep, request: Request) -> str:
@@ -190,7 +118,7 @@ def dicom_offers(ranges: list[MediaRange], *, single_part: bool) -> list[Offer]:
         if media.media_type in _ANY:
             offers.append(Offer(True, pixels.EXPLICIT_VR_LITTLE_ENDIAN))
         elif media.media_type == "multipart/related":
-            if _type(media, DICOM) in (DICOM, "application/*", "*/*"):
+            if related_type(media, DICOM) in (DICOM, "application/*", "*/*"):
                 offers.append(Offer(True, ts))
         elif media.media_type == DICOM and single_part:
             offers.append(Offer(False, ts))
@@ -248,13 +176,6 @@ def _bytes_chunks(body: bytes) -> Iterator[bytes]:
         yield bytes(view[start : start + CHUNK])
 
 
-def _multipart_instances(
-    blobs: BlobStore, rows: list[InstanceRow], ts: str, base: str, boundary: str
-) -> Iterator[bytes]:
-    first = _part_body(blobs, rows[0], ts)
-    return _parts(blobs, rows, ts, base, boundary, first)
-
-
 def _parts(
     blobs: BlobStore,
     rows: list[InstanceRow],
@@ -293,22 +214,14 @@ def _retrieve(
             delivered, chunks = _part_body(archive.blobs, rows[0], offer.transfer_syntax)
             media = f"{DICOM}; transfer-syntax={delivered}"
             return StreamingResponse(chunks, media_type=media, headers=headers)
-        boundary = uuid.uuid4().hex
-        body = _multipart_instances(
-            archive.blobs, rows, offer.transfer_syntax, _base_url(archive, request), boundary
-        )
-    except Refusal as refusal:
-        return _answer(refusal, headers)
-    except (NotFound, Unavailable) as exc:
-        return _answer(_storage_refusal(exc), headers)
+        boundary, ts = uuid.uuid4().hex, offer.transfer_syntax
+        # The first part opens before the headers go, so its failure is still a status.
+        first = _part_body(archive.blobs, rows[0], ts)
+        body = _parts(archive.blobs, rows, ts, _base_url(archive, request), boundary, first)
+    except _REFUSALS as exc:
+        return _answer(exc, headers)
     media = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     return StreamingResponse(body, media_type=media, headers=headers)
-
-
-def _storage_refusal(exc: Exception) -> Refusal:
-    if isinstance(exc, NotFound):
-        return Refusal(500, "Internal Server Error", f"stored object missing: {exc}")
-    return Refusal(503, "Service Unavailable", str(exc))
 
 
 @router.get("/studies/{study}")
@@ -336,7 +249,7 @@ def metadata_format(ranges: list[MediaRange]) -> str:
     for media in ranges:
         if media.media_type in _JSON_TYPES:
             return DICOM_JSON
-        if media.media_type == "multipart/related" and _type(media) == DICOM_XML:
+        if media.media_type == "multipart/related" and related_type(media) == DICOM_XML:
             return DICOM_XML
     raise Refusal(
         406, "Not Acceptable", f'metadata is {DICOM_JSON} or multipart/related; type="{DICOM_XML}"'
@@ -371,10 +284,8 @@ def _metadata(
             absolute_metadata(metadata_bytes(row, archive.blobs), instance_url(base, row))
             for row in rows
         ]
-    except Refusal as refusal:
-        return _answer(refusal, headers)
-    except (NotFound, Unavailable) as exc:
-        return _answer(_storage_refusal(exc), headers)
+    except _REFUSALS as exc:
+        return _answer(exc, headers)
     if chosen == DICOM_JSON:
         body = b"[" + b",".join(documents) + b"]"
         return Response(body, media_type=DICOM_JSON, headers=headers)
@@ -410,26 +321,6 @@ def instance_metadata(
 # -- bulk data -------------------------------------------------------------------
 
 
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(start, end exclusive) of a single `bytes=` range; None to send everything.
-
-    Multiple ranges and unparseable headers are ignored (RFC 9110 14.2);
-    a range that selects nothing is refused with 416.
-    """
-    match = _BYTE_RANGE.match((header or "").strip().replace(" ", ""))
-    if not match or not (match[1] or match[2]):
-        return None
-    if match[1]:
-        start = int(match[1])
-        end = size if not match[2] else min(size, int(match[2]) + 1)
-    else:
-        start, end = max(0, size - int(match[2])), size
-    if start >= end:
-        unsatisfiable = {"Content-Range": f"bytes */{size}"}
-        raise Refusal(416, "Range Not Satisfiable", f"resource is {size} bytes", unsatisfiable)
-    return start, end
-
-
 @dataclass(frozen=True, slots=True)
 class _Bulk:
     """One bulk value in a blob; `swap` > 0 when stored big endian (served little endian)."""
@@ -457,7 +348,7 @@ def _bulk_offer(ranges: list[MediaRange]) -> bool:
         if media.media_type in _ANY:
             return True
         if media.media_type == "multipart/related":
-            if _type(media, OCTET) in (OCTET, "application/*", "*/*"):
+            if related_type(media, OCTET) in (OCTET, "application/*", "*/*"):
                 return True
         elif media.media_type in (OCTET, "application/*"):
             return False
@@ -489,10 +380,8 @@ def retrieve_bulkdata(
         if multipart:
             return _bulk_multipart(archive, request, bulk, length, headers)
         window = byte_range(request.headers.get("range"), length)
-    except Refusal as refusal:
-        return _answer(refusal, headers)
-    except (NotFound, Unavailable) as exc:
-        return _answer(_storage_refusal(exc), headers)
+    except _REFUSALS as exc:
+        return _answer(exc, headers)
     headers["Accept-Ranges"] = "bytes"
     start, end = window or (0, length)
     headers["Content-Length"] = str(end - start)

@@ -108,7 +108,6 @@ class WorkerPool:
             create_internal_app(archive, self.token), log_level="warning", access_log=False
         )
         server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._server = server
         threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name="internal-http", daemon=True

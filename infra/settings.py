@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     #: Maximum PDU size offered and accepted over DIMSE (0 = unlimited).
     max_pdu_size: int = 0
     max_associations: int = 64
+    #: DIMSE association timeouts, seconds: A-ASSOCIATE/A-RELEASE (ACSE), a
+    #: DIMSE message, and network silence.
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
     #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
     workers: int = 1
     default_character_set: str = "ISO_IR 100"

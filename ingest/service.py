@@ -75,8 +75,8 @@ class _Part10Reader(io.RawIOBase):
 def _is_storage_sop_class(uid: str) -> bool:
     # Storage SOP classes are the only ones a C-STORE / STOW may carry; a
     # private (non-standard) class is accepted as is: we keep what we're sent.
-    from pynetdicom.sop_class import uid_to_service_class
     from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
 
     if not uid.startswith("1.2.840.10008."):
         return True
@@ -160,7 +160,9 @@ class IngestService:
             )
         blob, written = self._write_blob(parsed, path)
         event = self._event(parsed, blob, source)
-        envelope = Envelope.of(event, key=event.study_instance_uid, site=self._site, node=self._node)
+        envelope = Envelope.of(
+            event, key=event.study_instance_uid, site=self._site, node=self._node
+        )
         try:
             [position] = self._log.append([(envelope.key, codec.encode(envelope))])
         except ChronicleError:
@@ -183,7 +185,8 @@ class IngestService:
         key = instance_blob_key(parsed.dataset_sha256)
         with path.open("rb") as fh:
             written = self._blobs.put_if_absent(
-                key, _Part10Reader(parsed.file_meta, fh, parsed.dataset_offset)  # type: ignore[arg-type]
+                key,
+                _Part10Reader(parsed.file_meta, fh, parsed.dataset_offset),  # type: ignore[arg-type]
             )
         size = len(parsed.file_meta) + parsed.dataset_length
         return BlobRef(key, parsed.dataset_sha256, size, len(parsed.file_meta)), written

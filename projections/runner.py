@@ -122,7 +122,9 @@ class Projector:
             # The log is the record: never drop it, but a projector must not
             # stall forever on one event it cannot read either.
             self.skipped += 1
-            log.error("skipping unreadable event at %s:%s: %s", record.partition, record.offset, exc)
+            log.error(
+                "skipping unreadable event at %s:%s: %s", record.partition, record.offset, exc
+            )
             return
         metadata = None
         payload = envelope.payload
@@ -146,7 +148,9 @@ class Projector:
         if self._thread is not None:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name=f"projector-{self._name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"projector-{self._name}", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:

@@ -70,7 +70,10 @@ def test_store_then_query_and_retrieve_byte_identical(
     # read-your-writes: no sleep, the query waits for the projection
     found = studies(client, PatientName="Zeta^*")
     assert ds.StudyInstanceUID in {s["0020000D"]["Value"][0] for s in found}
-    url = f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
     response = client.get(url, headers={"Accept": ALL_SYNTAXES})
     assert response.status_code == 200
     [(headers, body)] = split_multipart(response.content, response.headers["content-type"])
@@ -108,7 +111,9 @@ def test_same_uid_other_dataset_supersedes_but_log_and_blob_keep_both(
     b = store(archive, newer, tmp_path)
     assert a.event.blob.key != b.event.blob.key
     assert archive.blobs.exists(a.event.blob.key) and archive.blobs.exists(b.event.blob.key)
-    [study] = studies(client, StudyInstanceUID=older.StudyInstanceUID, includefield="StudyDescription")
+    [study] = studies(
+        client, StudyInstanceUID=older.StudyInstanceUID, includefield="StudyDescription"
+    )
     assert study["00081030"]["Value"] == ["second version"]
     assert study["00201208"]["Value"] == [1]  # NumberOfStudyRelatedInstances
 
@@ -119,8 +124,12 @@ def test_bad_input_leaves_nothing_behind(archive: Archive, tmp_path: Path) -> No
         "not dicom": b"hello, this is not DICOM at all" * 10,
         "truncated": part10_bytes(make_ct())[:2000],
     }
-    for keyword, value in [("SOPInstanceUID", None), ("StudyInstanceUID", None),
-                           ("SeriesInstanceUID", "../x"), ("SOPInstanceUID", "1." + "2" * 70)]:
+    for keyword, value in [
+        ("SOPInstanceUID", None),
+        ("StudyInstanceUID", None),
+        ("SeriesInstanceUID", "../x"),
+        ("SOPInstanceUID", "1." + "2" * 70),
+    ]:
         ds = make_ct()
         if value is None:
             delattr(ds, keyword)
@@ -178,7 +187,9 @@ def test_a_failed_blob_write_appends_no_event(archive: Archive) -> None:
     assert archive.log.end() == end
 
 
-def test_huge_metadata_goes_to_a_sidecar(archive: Archive, client: TestClient, tmp_path: Path) -> None:
+def test_huge_metadata_goes_to_a_sidecar(
+    archive: Archive, client: TestClient, tmp_path: Path
+) -> None:
     ds = make_ct(patient_id="SIDECAR-1", rows=8, cols=8)
     ds.ImageComments = "x" * 10_000
     # Enhanced-multi-frame-like bulk of text metadata: 80 items x 10 kB.
@@ -205,7 +216,9 @@ def _answers(client: TestClient, study_uids: list[str]) -> list[Any]:
     return out
 
 
-def test_replay_gives_identical_answers(archive: Archive, client: TestClient, tmp_path: Path) -> None:
+def test_replay_gives_identical_answers(
+    archive: Archive, client: TestClient, tmp_path: Path
+) -> None:
     uids = []
     for i in range(3):
         ds = make_ct(patient_name=f"Replay^{i}", patient_id=f"REPLAY-{i}", rows=16, cols=16)
@@ -231,7 +244,9 @@ def test_projection_is_idempotent_when_a_batch_is_applied_twice(archive: Archive
     assert archive.index.query("SELECT count() FROM instance FINAL") == before
 
 
-def test_lagging_projection_answers_with_a_warning(archive: Archive, client: TestClient, tmp_path: Path) -> None:
+def test_lagging_projection_answers_with_a_warning(
+    archive: Archive, client: TestClient, tmp_path: Path
+) -> None:
     archive.projector.stop()
     wait = archive.settings.read_wait_seconds
     archive.settings.read_wait_seconds = 0.2
@@ -245,4 +260,3 @@ def test_lagging_projection_answers_with_a_warning(archive: Archive, client: Tes
         archive.projector.start()
     response = client.get("/dicomweb/studies", params={"PatientID": "LAG-1"})
     assert response.status_code == 200 and "warning" not in response.headers
-

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from api.query_sql import fold
 from infra.factory import open_projection_store
 from infra.ports import ProjectionStore
+from schemas.names import fold
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MR = "1.2.840.10008.5.1.4.1.1.4"

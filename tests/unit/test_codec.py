@@ -51,8 +51,12 @@ def test_round_trip_and_published_schema(study: str, sop: str, pid: str, ae: str
 
 
 def test_sidecar_and_no_frames_round_trip() -> None:
-    event = instance(frames=None, frames_note="deflated", metadata={},
-                     sidecar=BlobRef("sidecars/x.json", SHA, 10, 0))
+    event = instance(
+        frames=None,
+        frames_note="deflated",
+        metadata={},
+        sidecar=BlobRef("sidecars/x.json", SHA, 10, 0),
+    )
     envelope = Envelope.of(event, key="1.2")
     assert codec.decode(codec.encode(envelope)) == envelope
     jsonschema.validate(json.loads(codec.encode(envelope)), schema())

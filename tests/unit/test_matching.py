@@ -18,12 +18,14 @@ from hypothesis import strategies as st
 from pydicom import Dataset
 from starlette.datastructures import QueryParams
 
-from api.matching import Level, Match, parse_qido, query_from_identifier, search, search_page
-from api.query_sql import MAX_LIMIT, Params, _pn, date_range, fold, like_pattern, time_range
+from api.matching import parse_qido, query_from_identifier, search, search_page
+from api.query_model import MAX_LIMIT, Level, Match, date_range, time_range
+from api.query_sql import Params, _pn, like_pattern
 from api.query_sql import search_sql as build_search_sql
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 from projections.rows import normalise_name
+from schemas.names import fold
 from tests.unit.matching_corpus import CT, S1, S2, S3, S4, S6, S7, S8, SR, open_corpus_store
 
 ALL_STUDIES = [S8, S2, S1, S4, S3, S6, S7]

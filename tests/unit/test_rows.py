@@ -29,7 +29,13 @@ def test_person_name_groups_and_normalisation() -> None:
     meta = {
         "00100010": {
             "vr": "PN",
-            "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}],
+            "Value": [
+                {
+                    "Alphabetic": "Yamada^Tarou",
+                    "Ideographic": "山田^太郎",
+                    "Phonetic": "やまだ^たろう",
+                }
+            ],
         },
         "00080090": {"vr": "PN", "Value": [{"Alphabetic": "Gérard^Dépardieu"}]},
         "00080030": {"vr": "TM", "Value": ["0930"]},

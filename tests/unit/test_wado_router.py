@@ -38,6 +38,7 @@ from pydicom.uid import (
 
 from api import wado
 from api.catalog import list_instances, load_metadata
+from api.negotiation import byte_range, parse_accept
 from infra.factory import open_projection_store
 from infra.fs_blobs import FileBlobStore
 from infra.ports import ProjectionStore
@@ -480,7 +481,7 @@ def test_bulkdata_only_serves_listed_ranges(client: TestClient) -> None:
 
 
 def test_accept_parsing() -> None:
-    ranges = wado.parse_accept(
+    ranges = parse_accept(
         'multipart/related; type="application/dicom"; transfer-syntax=*; q=0.5, '
         'multipart/related;type="application/dicom+xml, odd";q=0.8, image/png;q=0, */*;q=0.1'
     )
@@ -489,6 +490,6 @@ def test_accept_parsing() -> None:
     ]  # fmt: skip
     assert ranges[0].params == {"type": "application/dicom+xml, odd"}
     assert ranges[1].params == {"type": "application/dicom", "transfer-syntax": "*"}
-    assert [(r.media_type, r.q) for r in wado.parse_accept(None)] == [("*/*", 1.0)]
-    assert wado.byte_range("bytes=0-", 10) == (0, 10)
-    assert wado.byte_range("items=0-1", 10) is None
+    assert [(r.media_type, r.q) for r in parse_accept(None)] == [("*/*", 1.0)]
+    assert byte_range("bytes=0-", 10) == (0, 10)
+    assert byte_range("items=0-1", 10) is None

@@ -1,0 +1,214 @@
+"""Start and stop the DIMSE front-end: `start_dimse(archive)` -> `DimseServer`.
+
+The listener runs in pynetdicom's threads (one per association). Handlers:
+EVT_REQUESTED (acceptance policy, then the requestor's transfer syntax
+preference), EVT_SOP_EXTENDED (C-FIND options), EVT_C_ECHO (0x0000),
+EVT_C_STORE (ingest), EVT_C_FIND (query), EVT_CONN_CLOSE (partial files).
+
+Received datasets go to `<data_dir>/incoming` (see `set_receive_directory`),
+on the data disk rather than in a /tmp that may be RAM, and on the same file
+system as the blob directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pynetdicom import AE, evt
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.transport import ThreadedAssociationServer
+
+from infra.settings import Settings
+
+from .ae import build_ae, prefer_requestor_order, shared_contexts
+from .find import FindArchive, FindHandler, negotiate_options
+from .policy import AssociationPolicy, apply_decision, judge
+from .store import StoreArchive, StoreHandler
+
+log = logging.getLogger("chronicle.dimse")
+
+#: Received files older than this are removed when a server starts (a crash
+#: mid-transfer leaves them); younger ones may belong to another process.
+ORPHAN_AGE_SECONDS = 24 * 3600
+
+
+class DimseArchive(StoreArchive, FindArchive, Protocol):
+    """The parts of `api.wiring.Archive` the DIMSE front-end uses."""
+
+
+def set_receive_directory(directory: Path) -> None:
+    """Make pynetdicom's chunked C-STORE receive write its files in `directory`.
+
+    pynetdicom creates them with `NamedTemporaryFile(delete=False, mode="wb",
+    suffix=".dcm")` and no directory, i.e. in `tempfile.gettempdir()`;
+    rebinding the name it imported changes that for pynetdicom alone, not
+    for the rest of the process. Process-wide: the last call wins.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    _dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined,assignment]
+        tempfile.NamedTemporaryFile, dir=str(directory), prefix="cstore-"
+    )
+
+
+def remove_orphans(directory: Path, *, older_than: float = ORPHAN_AGE_SECONDS) -> int:
+    """Delete received files an aborted association left behind; return how many."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for path in directory.glob("cstore-*.dcm"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def receive_directory(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "incoming"
+
+
+def _on_requested(policy: AssociationPolicy, event: Any) -> None:
+    decision = judge(policy, event.assoc)
+    if not decision.accepted:
+        requestor = event.assoc.requestor
+        log.warning(
+            "rejected association from %r at %s:%s: %s",
+            str(requestor.primitive.calling_ae_title).strip(),
+            requestor.address,
+            requestor.port,
+            decision.detail,
+        )
+        apply_decision(event.assoc, decision)
+        return
+    prefer_requestor_order(event.assoc)
+
+
+def _on_established(event: Any) -> None:
+    requestor = event.assoc.requestor
+    log.info(
+        "association from %s at %s:%s",
+        str(requestor.ae_title).strip(),
+        requestor.address,
+        requestor.port,
+    )
+
+
+def _discard_partial_dataset(event: Any) -> None:
+    """Delete the file of a C-STORE cut off mid-dataset (connection closed).
+
+    pynetdicom deletes a received file only after the handler ran; a dataset
+    whose last fragment never came stays open in the half-decoded DIMSE
+    message, and its file would stay on disk. Runs in the DUL thread, the
+    one that decodes P-DATA, so the message cannot complete meanwhile.
+    """
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return
+    try:
+        partial.close()
+        Path(partial.name).unlink(missing_ok=True)
+        log.warning("connection closed mid-dataset; discarded %s", partial.name)
+    except OSError as exc:
+        log.warning("could not discard partial dataset %s: %s", partial.name, exc)
+
+
+def _on_sop_extended(event: Any) -> dict[Any, bytes]:
+    return negotiate_options(event.app_info)
+
+
+def _on_echo(event: Any) -> int:
+    return 0x0000
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """A listener several processes can bind to the same port (SO_REUSEPORT).
+
+    The kernel spreads incoming connections over the processes, which is how
+    DIMSE passes one interpreter's GIL (DESIGN.md, Performance).
+    """
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+@dataclass
+class DimseServer:
+    """A running DIMSE listener; `stop()` aborts its associations and closes it."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+    #: Where pynetdicom writes received datasets (see set_receive_directory).
+    incoming: Path
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def stop(self) -> None:
+        self.ae.shutdown()
+
+
+def _listen(ae: AE, address: tuple[str, int], handlers: list[Any], reuse_port: bool) -> Any:
+    contexts = shared_contexts(ae.supported_contexts)
+    if not reuse_port:
+        return ae.start_server(address, block=False, evt_handlers=handlers, contexts=contexts)
+    server = ae.make_server(
+        address, evt_handlers=handlers, contexts=contexts, server_class=ReusePortServer
+    )
+    # What AE.start_server does for its own class: serve in a daemon thread,
+    # and register the server so AE.shutdown() and server.shutdown() work.
+    threading.Thread(target=server.serve_forever, name="DimseListener", daemon=True).start()
+    ae._servers.append(server)
+    return server
+
+
+def start_dimse(
+    archive: DimseArchive,
+    *,
+    policy: AssociationPolicy | None = None,
+    reuse_port: bool = False,
+) -> DimseServer:
+    """Listen on (settings.dimse_host, settings.dimse_port); port 0 picks a free one.
+
+    `reuse_port` lets sibling processes listen on the same port (SO_REUSEPORT).
+    """
+    settings = archive.settings
+    incoming = receive_directory(settings)
+    set_receive_directory(incoming)
+    removed = remove_orphans(incoming)
+    if removed:
+        log.info("removed %d stale received files from %s", removed, incoming)
+    policy = policy or AssociationPolicy.from_settings(settings)
+    ae = build_ae(archive)
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, functools.partial(_on_requested, policy)),
+        (evt.EVT_ESTABLISHED, _on_established),
+        (evt.EVT_CONN_CLOSE, _discard_partial_dataset),
+        (evt.EVT_SOP_EXTENDED, _on_sop_extended),
+        (evt.EVT_C_ECHO, _on_echo),
+        (evt.EVT_C_STORE, StoreHandler(archive)),
+        (evt.EVT_C_FIND, FindHandler(archive)),
+    ]
+    server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
+    if server is None:  # only a blocking start returns None
+        raise RuntimeError("pynetdicom did not return a running server")
+    dimse = DimseServer(ae, server, incoming)
+    log.info("DIMSE %s listening on %s:%d", settings.ae_title, *dimse.address)
+    return dimse
