@@ -1,0 +1,12 @@
+"""Root test configuration: settings every test's child processes inherit.
+
+dcmtk and Orthanc stall ~40 ms per C-STORE without TCP_NODELAY=1 (Nagle + delayed
+ACK); tests start them as children, so it is set once here for all of them.
+Nothing here skips a test: a missing tool is a failure, installed by `make test`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TCP_NODELAY"] = "1"
