@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from api import commands
@@ -26,6 +26,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, help=text)
     parser.add_argument("--site", help="ingest site id recorded in every event")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+#: More subcommands, each from its own module: `add_parser(subparsers, common)`
+#: adds a parser (calling `common(parser)` for the shared options) and sets
+#: `run=function(settings, args) -> int` as its default.
+SUBCOMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = []
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", help="verify every event's blob; list orphan blobs")
     _common(chk)
     chk.add_argument("--quick", action="store_true", help="check existence and size, not hashes")
+    for add_parser in SUBCOMMANDS:
+        add_parser(sub, _common)
     return parser
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     flags: dict[str, Any] = {
-        k: v
-        for k, v in vars(args).items()
-        if k not in {"command", "paths", "url", "quick", "verbose"}
+        k: v for k, v in vars(args).items() if k in Settings.model_fields
     }
     return load_settings(flags)
 
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chronicle: bad setting: {exc}", file=sys.stderr)
         return 2
     try:
-        handler = getattr(commands, f"cmd_{args.command}")
+        handler = getattr(args, "run", None) or getattr(commands, f"cmd_{args.command}")
         code: int = handler(settings, args)
         return code
     except ChronicleError as exc:

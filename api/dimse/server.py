@@ -31,6 +31,7 @@ from infra.settings import Settings
 from .ae import build_ae, prefer_requestor_order, shared_contexts
 from .find import FindArchive, FindHandler, negotiate_options
 from .policy import AssociationPolicy, apply_decision, judge
+from .services import REGISTRY
 from .store import StoreArchive, StoreHandler
 
 log = logging.getLogger("chronicle.dimse")
@@ -206,6 +207,8 @@ def start_dimse(
         (evt.EVT_C_STORE, StoreHandler(archive)),
         (evt.EVT_C_FIND, FindHandler(archive)),
     ]
+    for register in REGISTRY:
+        handlers.extend(register(ae, archive))
     server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
     if server is None:  # only a blocking start returns None
         raise RuntimeError("pynetdicom did not return a running server")
