@@ -24,6 +24,9 @@ from schemas.events import InstanceStored
 log = logging.getLogger("chronicle.projector")
 
 IDLE_POLL_SECONDS = 0.02
+#: After a partial batch, how long new events may gather before the next
+#: insert when no reader is waiting (readers never wait this long: they poke).
+GATHER_SECONDS = 0.25
 ERROR_BACKOFF_SECONDS = 1.0
 
 
@@ -37,6 +40,7 @@ class Projector:
         batch: int = 1000,
         name: str = "levels",
         suffix: str = "",
+        gather_seconds: float = GATHER_SECONDS,
     ) -> None:
         self._log = event_log
         self._index = index
@@ -44,6 +48,7 @@ class Projector:
         self._batch = batch
         self._name = name
         self._suffix = suffix
+        self._gather = gather_seconds
         self._position: dict[int, int] = {}
         self._loaded = False
         self._cond = threading.Condition()
@@ -178,8 +183,11 @@ class Projector:
                 log.exception("projection failed unexpectedly, retrying")
                 self._stop.wait(ERROR_BACKOFF_SECONDS)
                 continue
-            if n == 0:
-                self._wake.wait(IDLE_POLL_SECONDS)
+            if n < self._batch:
+                # Caught up. Each chDB insert costs milliseconds of CPU whatever
+                # its size, so while nobody is waiting to read, let events
+                # gather for a while; a reader's wait() pokes us at once.
+                self._wake.wait(self._gather if n else IDLE_POLL_SECONDS)
                 self._wake.clear()
 
     def wait(self, target: Position, timeout: float) -> bool:

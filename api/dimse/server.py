@@ -93,7 +93,15 @@ def _on_requested(policy: AssociationPolicy, event: Any) -> None:
     prefer_requestor_order(event.assoc)
 
 
+#: How long an association's DUL reader sleeps when it found nothing to do.
+#: pynetdicom's 1 ms adds up to several ms per C-STORE (a dataset arrives as
+#: several PDUs, each possibly behind one sleep); 0.2 ms measured +15%
+#: instances/s over one association at ~5% of a core per idle association.
+DUL_LOOP_DELAY = 0.0002
+
+
 def _on_established(event: Any) -> None:
+    event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
     requestor = event.assoc.requestor
     log.info(
         "association from %s at %s:%s",
