@@ -169,7 +169,7 @@ class IngestService:
             raise
         except Exception as exc:  # a driver error that escaped its adapter
             raise Unavailable(f"event log append failed: {exc}") from exc
-        log.info(
+        log.debug(
             "stored %s from %s%s at %s",
             event.sop_instance_uid,
             source.protocol,

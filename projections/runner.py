@@ -26,7 +26,7 @@ log = logging.getLogger("chronicle.projector")
 IDLE_POLL_SECONDS = 0.02
 #: After a partial batch, how long new events may gather before the next
 #: insert when no reader is waiting (readers never wait this long: they poke).
-GATHER_SECONDS = 0.25
+GATHER_SECONDS = 1.0
 ERROR_BACKOFF_SECONDS = 1.0
 
 

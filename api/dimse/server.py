@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pynetdicom import AE, evt
+from pynetdicom import association as _association_module
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -95,9 +96,32 @@ def _on_requested(policy: AssociationPolicy, event: Any) -> None:
 
 #: How long an association's DUL reader sleeps when it found nothing to do.
 #: pynetdicom's 1 ms adds up to several ms per C-STORE (a dataset arrives as
-#: several PDUs, each possibly behind one sleep); 0.2 ms measured +15%
-#: instances/s over one association at ~5% of a core per idle association.
+#: several PDUs, each possibly behind one sleep).
 DUL_LOOP_DELAY = 0.0002
+#: The same for the association reactor, whose 1 ms poll is hard-coded.
+REACTOR_POLL = 0.0002
+
+
+class _FastPollTime:
+    """`time` as pynetdicom.association sees it: sleeps capped at REACTOR_POLL.
+
+    Every sleep in that module is a poll of a queue or a flag, so polling
+    faster changes latency, not behaviour. Measured here with a no-op C-STORE
+    handler and dcmtk storescu over one association (200 x 0.5 MB): 202 ->
+    269 instances/s, and less CPU per instance (3.75 -> 2.95 ms), with both
+    this and DUL_LOOP_DELAY. pynetdicom is pinned below 4 for this.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        time.sleep(min(seconds, REACTOR_POLL))
+
+
+def tune_pynetdicom_polling() -> None:
+    _association_module.time = _FastPollTime()  # type: ignore[assignment,attr-defined]
 
 
 def _on_established(event: Any) -> None:
@@ -205,6 +229,7 @@ def start_dimse(
     if removed:
         log.info("removed %d stale received files from %s", removed, incoming)
     policy = policy or AssociationPolicy.from_settings(settings)
+    tune_pynetdicom_polling()
     ae = build_ae(archive)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, functools.partial(_on_requested, policy)),
