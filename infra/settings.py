@@ -107,6 +107,15 @@ class Settings(BaseSettings):
             RemoteAE.parse(text)
         return value
 
+    @field_validator("default_character_set")
+    @classmethod
+    def _check_charset(cls, value: str) -> str:
+        from pydicom.charset import python_encoding
+
+        if not value or value not in python_encoding:
+            raise ValueError(f"unknown default character set {value!r} (e.g. ISO_IR 100)")
+        return value
+
     @field_validator("ae_title")
     @classmethod
     def _check_ae_title(cls, value: str) -> str:

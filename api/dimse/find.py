@@ -18,26 +18,39 @@ query engine.
 
 Each response holds exactly the keys of the request (zero length when the
 match has no value, as PS3.4 C.4.1.1.3.2 asks), plus Query/Retrieve Level,
-Retrieve AE Title (ours) and Specific Character Set: "ISO_IR 192" when any
-returned value is not ASCII, else the one the request named, else none.
+Retrieve AE Title (ours) and Specific Character Set.
+
+Character sets (PS3.5 6.1, PS3.4 C.4.1.1.3.1): the request's text is decoded
+the way ingest decodes stored data (its Specific Character Set, else the
+configured default; bytes invalid in the declared set fall back to the
+default). A response is encoded in the request's character set when every
+value fits its repertoire, otherwise in "ISO_IR 192", declared in the
+response. A request without one asks for the default repertoire (ASCII).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from io import BytesIO
 from typing import Any, Protocol
 
+from pydicom.charset import STAND_ALONE_ENCODINGS, custom_encoders, python_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
+from pynetdicom.dsutils import decode, encode
 
 from api import matching
 from infra.errors import Invalid, Unavailable
 from infra.settings import Settings
-from schemas.dicom_json import json_to_dataset
+from schemas.dicom_json import charset_for, default_charset_for, json_to_dataset
 
 from .ae import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from .store import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, failure, is_failure_status
@@ -90,6 +103,146 @@ def is_ascii(ds: Dataset) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- character sets
+
+#: VRs whose text follows the Specific Character Set (PS3.5 6.1.2.3).
+CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "ST", "LT", "UT"})
+#: Terms naming the default repertoire: ASCII, even where pydicom reads Latin-1.
+_ASCII_TERMS = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+_SINGLE_VALUED = frozenset({"ST", "LT", "UT"})
+_TEXT_DELIMS = {0x0D, 0x0A, 0x09, 0x0C, 0x5C}
+_PN_DELIMS = _TEXT_DELIMS | {0x3D, 0x5E}
+
+
+def requested_character_set(identifier: Dataset) -> list[str]:
+    """The request's Specific Character Set terms; [] for the default repertoire."""
+    elem = identifier.get(_SPECIFIC_CHARACTER_SET)
+    if elem is None or not elem.value:
+        return []
+    value = elem.value
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace").split("\\")
+    values = value if isinstance(value, list | MultiValue) else [value]
+    terms = [str(t).strip(" \x00") for t in values]
+    return [] if not any(terms) else terms
+
+
+def decode_identifier(identifier: Dataset, default_charset: str) -> list[str]:
+    """Decode the request's non-ASCII text as ingest decodes stored data; the notes.
+
+    pydicom would read a request without Specific Character Set as Latin-1 and
+    replace bytes invalid in the declared set; ingest uses the configured
+    default for both, and a query must see the same text the archive holds.
+    """
+    pending = [
+        (tag, elem.VR, elem.value)
+        for tag, elem in identifier._dict.items()
+        if isinstance(elem, RawDataElement) and elem.value and _needs_decoding(elem.value)
+    ]
+    notes: list[str] = []
+    if not pending:
+        return notes
+    declared = "\\".join(requested_character_set(identifier))
+    charset = charset_for(declared, default_charset_for(default_charset), notes)
+    for tag, raw_vr, raw in pending:
+        vr = raw_vr if raw_vr and len(raw_vr) == 2 else _dictionary_vr(int(tag))
+        if vr not in CHARSET_VRS:
+            continue
+        delims = _PN_DELIMS if vr == "PN" else _TEXT_DELIMS
+        text = charset.decode(raw, int(tag), notes, delims).rstrip(" \x00")
+        value: str | list[str] = text
+        if vr not in _SINGLE_VALUED and "\\" in text:
+            value = [part.strip(" \x00") for part in text.split("\\")]
+        identifier[tag] = DataElement(tag, vr, value)
+    return notes
+
+
+def _needs_decoding(raw: bytes) -> bool:
+    # ISO 2022 multi-byte sets (JIS X 0208, KS X 1001) are 7-bit after an escape.
+    return not raw.isascii() or b"\x1b" in raw
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def response_character_set(requested: Sequence[str], response: Dataset) -> list[str]:
+    """The terms a response is encoded in: the request's when every value fits
+    its repertoire, else ISO_IR 192. [] means the default repertoire (ASCII)."""
+    if is_ascii(response):
+        return list(requested)
+    if requested and fits(response, requested):
+        return list(requested)
+    return [UTF8]
+
+
+def fits(ds: Dataset, terms: Sequence[str]) -> bool:
+    """Every text value of `ds` is representable in `terms`, and pydicom's
+    encoding in them reads back unchanged."""
+    key = tuple(terms)
+    if not _known(key):
+        return False
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            continue
+        for text in _texts(elem.value):
+            if text.isascii():
+                continue
+            if elem.VR not in CHARSET_VRS or not all(_char_fits(c, key) for c in text):
+                return False
+    return key == (UTF8,) or _reads_back(ds, list(terms))
+
+
+def _known(terms: tuple[str, ...]) -> bool:
+    if not all(t in python_encoding for t in terms):
+        return False
+    # Stand-alone sets allow no code extensions (PS3.3 C.12.1.1.2).
+    return len(terms) == 1 or not any(t in STAND_ALONE_ENCODINGS for t in terms)
+
+
+@lru_cache(maxsize=65536)
+def _char_fits(char: str, terms: tuple[str, ...]) -> bool:
+    first = terms[0]
+    if first in _ASCII_TERMS:
+        if char.isascii():
+            return True
+        if char <= "\xff":
+            # pydicom writes these with its Latin-1 stand-in for ISO IR 6, unescaped:
+            # bytes no ASCII reader (dcmtk among them) would accept.
+            return False
+    elif _encodes(char, python_encoding[first]):
+        return True
+    return any(_encodes(char, python_encoding[t]) for t in terms[1:])
+
+
+def _encodes(char: str, codec: str) -> bool:
+    try:
+        if codec in custom_encoders:
+            custom_encoders[codec](char, errors="strict")
+        else:
+            char.encode(codec)
+    except (UnicodeError, LookupError):
+        return False
+    return True
+
+
+def _reads_back(ds: Dataset, terms: list[str]) -> bool:
+    """Encode as pynetdicom will (explicit VR keeps every VR) and decode again."""
+    # A copy: pydicom's PersonName keeps its first encoding and would send those
+    # bytes again whatever the character set of the real response.
+    probe = copy.deepcopy(ds)
+    probe.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
+    again = decode(BytesIO(encode(probe, False, True) or b""), False, True)
+    return _charset_texts(probe) == _charset_texts(again)
+
+
+def _charset_texts(ds: Dataset) -> list[str]:
+    return ["\\".join(_texts(e.value)) for e in ds.iterall() if e.VR in CHARSET_VRS]
+
+
 def build_response(
     match: dict[str, Any], identifier: Dataset, *, level: str, ae_title: str
 ) -> Dataset:
@@ -105,10 +258,9 @@ def build_response(
             response.add_new(elem.tag, elem.VR, [] if elem.VR == "SQ" else None)
     response.QueryRetrieveLevel = level
     response.RetrieveAETitle = ae_title
-    if not is_ascii(response):
-        response.SpecificCharacterSet = UTF8
-    elif _SPECIFIC_CHARACTER_SET in identifier and identifier.SpecificCharacterSet:
-        response.SpecificCharacterSet = identifier.SpecificCharacterSet
+    terms = response_character_set(requested_character_set(identifier), response)
+    if terms:
+        response.SpecificCharacterSet = terms if len(terms) > 1 else terms[0]
     return response
 
 
@@ -202,6 +354,8 @@ class FindHandler:
             raise Invalid(f"not a FIND model: {sop_class}", 0xA900)
         level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
         options = QueryOptions.agreed(event.assoc, sop_class)
+        for note in decode_identifier(identifier, self._archive.settings.default_character_set):
+            log.warning("C-FIND from %s: %s", calling, note)
         query = matching.query_from_identifier(
             identifier,
             model=model,

@@ -131,11 +131,22 @@ def test_patient_root_queries_use_the_patient_model(
     assert recorded.models == ["PATIENT"]
 
 
-def test_non_ascii_matches_are_sent_as_utf8(
+def test_non_ascii_matches_are_sent_in_the_request_set_when_they_fit(
     server: DimseServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _patch_search(monkeypatch, lambda: [_study_json(1, name="Müller^Jürgen")])
     answers = _find(server.port, _study_identifier(SpecificCharacterSet="ISO_IR 100"))
+    found = answers[0][1]
+    assert found is not None
+    assert found.SpecificCharacterSet == "ISO_IR 100"
+    assert str(found.PatientName) == "Müller^Jürgen"
+
+
+def test_non_ascii_matches_outside_the_request_set_are_sent_as_utf8(
+    server: DimseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _patch_search(monkeypatch, lambda: [_study_json(1, name="Müller^Jürgen")])
+    answers = _find(server.port, _study_identifier(SpecificCharacterSet="ISO_IR 144"))
     found = answers[0][1]
     assert found is not None
     assert found.SpecificCharacterSet == "ISO_IR 192"
