@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from api import commands
+from api import commands, print_cli
 from infra.errors import ChronicleError
 from infra.settings import Settings, load_settings
 
@@ -31,7 +31,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 #: More subcommands, each from its own module: `add_parser(subparsers, common)`
 #: adds a parser (calling `common(parser)` for the shared options) and sets
 #: `run=function(settings, args) -> int` as its default.
-SUBCOMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = []
+SUBCOMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = [
+    print_cli.add_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
