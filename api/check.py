@@ -6,13 +6,13 @@ before event); a missing blob would break an invariant and is an error.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
 from infra.errors import NotFound
 from infra.ports import BlobStore, EventLog
+from projections.commitment_rules import dataset_sha256
 from schemas import codec
 from schemas.events import InstanceStored
 
@@ -44,15 +44,6 @@ class CheckReport:
             "OK" if self.ok else "PROBLEMS FOUND",
         ]
         return "\n".join(lines)
-
-
-def _dataset_sha256(blobs: BlobStore, key: str, offset: int) -> str:
-    digest = hashlib.sha256()
-    with blobs.get(key) as fh:
-        fh.seek(offset)
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_archive(event_log: EventLog, blobs: BlobStore, *, verify_hashes: bool) -> CheckReport:
@@ -105,6 +96,6 @@ def _check_record(
         except NotFound:
             report.missing.append(ref.key)
             continue
-        hash_ok = not verify or _dataset_sha256(blobs, ref.key, ref.dataset_offset) == ref.sha256
+        hash_ok = not verify or dataset_sha256(blobs, ref.key, ref.dataset_offset) == ref.sha256
         if size != ref.size or not hash_ok:
             report.corrupt.append(ref.key)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from api.dimse.commitment import DimseCourier, is_storage_sop_class
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.ports import BlobStore, EventLog, ProjectionStore
 from infra.settings import Settings
 from ingest.service import IngestService
+from projections.commitment import CommitmentReactor
+from projections.commitment_rules import ReportPolicy
 from projections.runner import Projector
 
 log = logging.getLogger("chronicle")
@@ -24,6 +27,8 @@ class Archive:
     index: ProjectionStore
     ingest: IngestService
     projector: Projector
+    #: The storage commitment reactor (owner process only; None in workers).
+    commitment: CommitmentReactor | None = None
     _closed: bool = field(default=False, repr=False)
 
     def read_barrier(self) -> bool:
@@ -43,6 +48,8 @@ class Archive:
         if self._closed:
             return
         self._closed = True
+        if self.commitment is not None:
+            self.commitment.stop()
         self.projector.stop()
         self.index.close()
         self.blobs.close()
@@ -65,6 +72,33 @@ def open_archive(settings: Settings, *, start_projector: bool = True) -> Archive
         default_charset=settings.default_character_set,
     )
     projector = Projector(event_log, index, blobs=blobs, batch=settings.projector_batch)
+    commitment = _commitment_reactor(settings, event_log, index, blobs, projector)
     if start_projector:
         projector.start()
-    return Archive(settings, event_log, blobs, index, ingest, projector)
+        commitment.start()
+    return Archive(settings, event_log, blobs, index, ingest, projector, commitment)
+
+
+def _commitment_reactor(
+    settings: Settings,
+    event_log: EventLog,
+    index: ProjectionStore,
+    blobs: BlobStore,
+    projector: Projector,
+) -> CommitmentReactor:
+    courier = DimseCourier(settings)
+    return CommitmentReactor(
+        settings,
+        event_log,
+        index,
+        blobs,
+        projector,
+        courier,
+        is_supported_class=is_storage_sop_class,
+        policy=ReportPolicy(
+            attempts=settings.commitment_report_attempts,
+            first_delay=settings.commitment_retry_delay,
+            backoff=settings.commitment_retry_backoff,
+            max_delay=settings.commitment_retry_max_delay,
+        ),
+    )

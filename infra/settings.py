@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 120.0
+    #: Storage Commitment N-EVENT-REPORT delivery on a new association:
+    #: attempts, first retry delay, back-off factor, longest delay (seconds).
+    commitment_report_attempts: int = 5
+    commitment_retry_delay: float = 2.0
+    commitment_retry_backoff: float = 2.0
+    commitment_retry_max_delay: float = 60.0
     #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
     workers: int = 1
     default_character_set: str = "ISO_IR 100"

@@ -3,6 +3,13 @@
 Fresh tables are built beside the live ones (suffix `_new`) and swapped in with
 EXCHANGE TABLES, so queries keep answering from the old tables until the new
 ones are complete.
+
+Reactors (the storage commitment sender) keep their checkpoints in the same
+`checkpoint` table under their own names. Replay rebuilds projections only:
+it never runs a reactor, and it carries the reactors' checkpoints over into
+the fresh table, so after the swap they go on from where they were instead
+of re-reading the log (which would not make them act again either: they
+skip what the log says they already did).
 """
 
 from __future__ import annotations
@@ -16,8 +23,18 @@ from projections.runner import Projector
 
 log = logging.getLogger("chronicle.replay")
 
-TABLES = ("patient", "study", "series", "instance", "receipt", "checkpoint")
+TABLES = (
+    "patient",
+    "study",
+    "series",
+    "instance",
+    "receipt",
+    "storage_commitment",
+    "checkpoint",
+)
 SUFFIX = "_new"
+#: The projector replay rebuilds; every other checkpoint belongs to a reactor.
+PROJECTOR = "levels"
 
 
 def replay(
@@ -33,7 +50,7 @@ def replay(
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")
     migrate(index, suffix=SUFFIX)
     target = event_log.end()
-    projector = Projector(event_log, index, blobs=blobs, batch=batch, suffix=SUFFIX)
+    projector = Projector(event_log, index, blobs=blobs, batch=batch, name=PROJECTOR, suffix=SUFFIX)
     applied = 0
 
     def counted(n: int) -> None:
@@ -43,6 +60,12 @@ def replay(
             progress(n)
 
     projector.run_until(target, counted)
+    index.command(
+        f"INSERT INTO checkpoint{SUFFIX} (projector, partition, next_offset, version) "
+        "SELECT projector, partition, next_offset, version FROM checkpoint FINAL "
+        "WHERE projector != {name:String}",
+        {"name": PROJECTOR},
+    )
     for table in TABLES:
         index.command(f"EXCHANGE TABLES {table} AND {table}{SUFFIX}")
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")

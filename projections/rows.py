@@ -13,7 +13,13 @@ from typing import Any
 import orjson
 
 from infra.ports import LogRecord
-from schemas.events import Envelope, InstanceStored
+from schemas.events import (
+    Envelope,
+    InstanceStored,
+    ReferencedSOP,
+    StorageCommitmentReported,
+    StorageCommitmentRequested,
+)
 from schemas.names import fold
 
 Row = dict[str, Any]
@@ -235,9 +241,89 @@ def _instance_row(
     }
 
 
+#: States of a commitment request row (storage_commitment table).
+REQUESTED = "REQUESTED"
+REPORTED = "REPORTED"
+UNDELIVERED = "UNDELIVERED"
+ABSORBED = "ABSORBED"
+
+_STATE_OF_DELIVERY = {
+    "same-association": REPORTED,
+    "new-association": REPORTED,
+    "undelivered": UNDELIVERED,
+    "absorbed": ABSORBED,
+}
+
+
+def _items_json(items: list[ReferencedSOP]) -> str:
+    return orjson.dumps(items).decode()
+
+
+def commitment_requested_rows(
+    event: StorageCommitmentRequested, envelope: Envelope, record: LogRecord
+) -> Rows:
+    """The request's row: REQUESTED until the report answering it replaces it."""
+    out = Rows()
+    out.add(
+        "storage_commitment",
+        {
+            "transaction_uid": event.transaction_uid,
+            "request_event_id": envelope.event_id,
+            "requester_ae": event.source.calling_ae,
+            "called_ae": event.source.called_ae,
+            "requester_peer": event.source.peer,
+            "state": REQUESTED,
+            "items": _items_json(event.items),
+            "failed": "[]",
+            "event_type_id": 0,
+            "delivery": "",
+            "destination": "",
+            "detail": "",
+            "request_partition": record.partition,
+            "request_offset": record.offset,
+            "occurred_at": _received_at(envelope.occurred_at),
+            "version": record.version,
+        },
+    )
+    return out
+
+
+def commitment_reported_rows(
+    event: StorageCommitmentReported, envelope: Envelope, record: LogRecord
+) -> Rows:
+    """The answered request's row, whole again: a replacing row carries every column."""
+    out = Rows()
+    out.add(
+        "storage_commitment",
+        {
+            "transaction_uid": event.transaction_uid,
+            "request_event_id": event.request_event_id,
+            "requester_ae": event.requester.calling_ae,
+            "called_ae": event.requester.called_ae,
+            "requester_peer": event.requester.peer,
+            "state": _STATE_OF_DELIVERY[event.delivery],
+            "items": _items_json(event.items),
+            "failed": orjson.dumps(event.failed).decode(),
+            "event_type_id": event.event_type_id,
+            "delivery": event.delivery,
+            "destination": event.destination,
+            "detail": event.detail,
+            "request_partition": event.request_partition,
+            "request_offset": event.request_offset,
+            "occurred_at": _received_at(envelope.occurred_at),
+            "version": record.version,
+        },
+    )
+    return out
+
+
 def rows_for(record: LogRecord, envelope: Envelope, metadata: dict[str, Any] | None) -> Rows:
     """Dispatch on event type; unknown types contribute no rows."""
     payload = envelope.payload
     if isinstance(payload, InstanceStored):
         return instance_stored_rows(payload, envelope, record, metadata or payload.metadata)
+    if isinstance(payload, StorageCommitmentRequested):
+        return commitment_requested_rows(payload, envelope, record)
+    if isinstance(payload, StorageCommitmentReported):
+        return commitment_reported_rows(payload, envelope, record)
     return Rows()

@@ -11,7 +11,17 @@ from typing import Any
 
 import orjson
 
-from schemas.events import EVENT_TYPES, BlobRef, Envelope, InstanceStored, Source
+from schemas.events import (
+    EVENT_TYPES,
+    BlobRef,
+    Envelope,
+    FailedSOP,
+    InstanceStored,
+    ReferencedSOP,
+    Source,
+    StorageCommitmentReported,
+    StorageCommitmentRequested,
+)
 
 #: (type, from_version) -> function turning a payload dict of that version
 #: into the next version's dict. Decoding applies them until current.
@@ -46,7 +56,60 @@ def _instance_stored(p: dict[str, Any]) -> InstanceStored:
     )
 
 
-_PAYLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {InstanceStored.TYPE: _instance_stored}
+def _referenced(items: list[dict[str, Any]]) -> list[ReferencedSOP]:
+    return [ReferencedSOP(i["sop_class_uid"], i["sop_instance_uid"]) for i in items]
+
+
+def _commitment_requested(p: dict[str, Any]) -> StorageCommitmentRequested:
+    return StorageCommitmentRequested(
+        transaction_uid=p["transaction_uid"],
+        items=_referenced(p["items"]),
+        source=Source(**p["source"]),
+        log_end=[(int(part), int(offset)) for part, offset in p["log_end"]],
+    )
+
+
+def _commitment_reported(p: dict[str, Any]) -> StorageCommitmentReported:
+    return StorageCommitmentReported(
+        transaction_uid=p["transaction_uid"],
+        request_event_id=p["request_event_id"],
+        request_partition=int(p["request_partition"]),
+        request_offset=int(p["request_offset"]),
+        requester=Source(**p["requester"]),
+        items=_referenced(p["items"]),
+        failed=[
+            FailedSOP(f["sop_class_uid"], f["sop_instance_uid"], int(f["failure_reason"]))
+            for f in p["failed"]
+        ],
+        event_type_id=int(p["event_type_id"]),
+        delivery=p["delivery"],
+        destination=p.get("destination", ""),
+        attempts=int(p.get("attempts", 0)),
+        detail=p.get("detail", ""),
+    )
+
+
+_PAYLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    InstanceStored.TYPE: _instance_stored,
+    StorageCommitmentRequested.TYPE: _commitment_requested,
+    StorageCommitmentReported.TYPE: _commitment_reported,
+}
+
+#: `encode` writes the envelope's fields in declaration order, `type` first.
+_TYPE_PREFIX = b'{"type":"'
+
+
+def peek_type(data: bytes) -> str:
+    """The event type of encoded bytes without decoding the payload.
+
+    A follower interested in a few types (a reactor) skips the rest cheaply;
+    bytes not in the shape `encode` writes are fully decoded instead.
+    """
+    if data.startswith(_TYPE_PREFIX):
+        end = data.find(b'"', len(_TYPE_PREFIX))
+        if end > 0:
+            return data[len(_TYPE_PREFIX) : end].decode("ascii", "replace")
+    return decode(data).type
 
 
 def upcast(type_: str, version: int, payload: dict[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,85 @@ class InstanceStored:
     sidecar: BlobRef | None = None
 
 
-EVENT_TYPES: dict[str, type[Any]] = {InstanceStored.TYPE: InstanceStored}
+@dataclass(frozen=True, slots=True)
+class ReferencedSOP:
+    """One item of a Referenced SOP Sequence (0008,1199): class and instance."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailedSOP:
+    """One item of a Failed SOP Sequence (0008,1198), with its Failure Reason (0008,1197)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    failure_reason: int
+
+
+#: How a commitment result reached (or did not reach) the requester:
+#: on the N-ACTION's own association, on one Chronicle opened to the
+#: requester's configured address, not at all (every attempt failed), or
+#: not separately: the request repeated a transaction still pending and that
+#: transaction's one report answers it.
+Delivery = Literal["same-association", "new-association", "undelivered", "absorbed"]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCommitmentRequested:
+    """A Storage Commitment Push Model N-ACTION (PS3.4 J.3.2) was received and accepted.
+
+    Keyed by the Transaction UID (a request spans studies): the request and
+    its report share a partition, so the report always follows its request.
+    """
+
+    TYPE = "StorageCommitmentRequested"
+    VERSION = 1
+
+    transaction_uid: str
+    items: list[ReferencedSOP]
+    #: The requester: protocol DIMSE, calling/called AE titles, peer address.
+    source: Source
+    #: The log end (partition, next offset) seen just before this request was
+    #: appended: the decision waits until projections cover it (read-your-writes).
+    log_end: list[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCommitmentReported:
+    """The result of one commitment request was decided (and sent, unless `delivery` says not).
+
+    Committed items are `items` not listed in `failed`. `event_type_id` is the
+    N-EVENT-REPORT Event Type ID: 1 all committed, 2 some failed, 0 nothing
+    sent of its own (delivery "absorbed").
+    """
+
+    TYPE = "StorageCommitmentReported"
+    VERSION = 1
+
+    transaction_uid: str
+    #: The StorageCommitmentRequested event this answers, and where it sits.
+    request_event_id: str
+    request_partition: int
+    request_offset: int
+    requester: Source
+    items: list[ReferencedSOP]
+    failed: list[FailedSOP]
+    event_type_id: int
+    delivery: Delivery
+    #: Where it went: "TITLE@host:port" (new association) or the peer's address.
+    destination: str = ""
+    attempts: int = 0
+    #: Why it was not delivered, or which request answers an absorbed one.
+    detail: str = ""
+
+
+EVENT_TYPES: dict[str, type[Any]] = {
+    InstanceStored.TYPE: InstanceStored,
+    StorageCommitmentRequested.TYPE: StorageCommitmentRequested,
+    StorageCommitmentReported.TYPE: StorageCommitmentReported,
+}
 
 
 def _utc_now() -> str:

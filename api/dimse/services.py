@@ -14,6 +14,8 @@ from typing import Any
 
 from pynetdicom import AE
 
+from . import commitment
+
 Register = Callable[[AE, Any], list[tuple[Any, Any]]]
 
-REGISTRY: list[Register] = []
+REGISTRY: list[Register] = [commitment.register]

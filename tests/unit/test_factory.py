@@ -46,7 +46,7 @@ def test_chdb_urls_open_a_migrated_index(tmp_path: Path) -> None:
         index.close()
     again = open_projection_store(url)  # reopening applies nothing twice
     try:
-        assert again.query("SELECT count() FROM schema_migrations FINAL") == [(1,)]
+        assert again.query("SELECT count() FROM schema_migrations FINAL") == [(2,)]
     finally:
         again.close()
 

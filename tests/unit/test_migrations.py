@@ -139,12 +139,12 @@ def test_odd_suffixes_are_invalid(suffix: str) -> None:
 def test_migrate_on_chdb_is_idempotent_and_builds_fresh_tables(tmp_path: Path) -> None:
     store = ClickHouseStore(f"chdb://{tmp_path / 'index'}")
     try:
-        assert migrate(store) == ["001_levels"]
+        assert migrate(store) == ["001_levels", "002_commitment"]
         assert migrate(store) == []
-        assert migrate(store, "_new") == ["001_levels"]
+        assert migrate(store, "_new") == ["001_levels", "002_commitment"]
         assert store.table_exists("instance_new") and store.table_exists("instance")
-        assert store.query("SELECT version, name FROM schema_migrations FINAL") == [
-            (1, "001_levels")
-        ]
+        assert store.query(
+            "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
+        ) == [(1, "001_levels"), (2, "002_commitment")]
     finally:
         store.close()
