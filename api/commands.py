@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Iterator
 
 from tqdm import tqdm
@@ -36,8 +37,26 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             pool.spawn(settings.workers - 1, sys.argv[1:])
         return _serve_front_ends(archive, role="owner")
     finally:
+        _exit_if_stuck(SHUTDOWN_SECONDS)
         pool.stop()
         archive.close()
+
+
+#: How long stopping may take once the front-ends are down. Everything
+#: acknowledged is already durable, so a stuck association thread or a report
+#: still being retried must not keep the process alive.
+SHUTDOWN_SECONDS = 8.0
+
+
+def _exit_if_stuck(seconds: float) -> None:
+    def stuck() -> None:
+        log.warning("shutdown still not finished after %.0f s; exiting now", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, stuck)
+    timer.daemon = True
+    timer.start()
 
 
 class _Server:
@@ -95,6 +114,8 @@ def _serve_front_ends(archive: Archive, *, role: str) -> int:
         )
         _Server.run(config, [http_socket])
     finally:
+        if role == "worker":
+            _exit_if_stuck(SHUTDOWN_SECONDS / 2)
         dimse.stop()
         if role == "worker":
             archive.close()

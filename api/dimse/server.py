@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pynetdicom import AE, evt
-from pynetdicom import association as _association_module
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -34,6 +33,7 @@ from .find import FindArchive, FindHandler, negotiate_options
 from .policy import AssociationPolicy, apply_decision, judge
 from .services import REGISTRY
 from .store import StoreArchive, StoreHandler
+from .tuning import tune_association, tune_pynetdicom
 
 log = logging.getLogger("chronicle.dimse")
 
@@ -94,38 +94,8 @@ def _on_requested(policy: AssociationPolicy, event: Any) -> None:
     prefer_requestor_order(event.assoc)
 
 
-#: How long an association's DUL reader sleeps when it found nothing to do.
-#: pynetdicom's 1 ms adds up to several ms per C-STORE (a dataset arrives as
-#: several PDUs, each possibly behind one sleep).
-DUL_LOOP_DELAY = 0.0002
-#: The same for the association reactor, whose 1 ms poll is hard-coded.
-REACTOR_POLL = 0.0002
-
-
-class _FastPollTime:
-    """`time` as pynetdicom.association sees it: sleeps capped at REACTOR_POLL.
-
-    Every sleep in that module is a poll of a queue or a flag, so polling
-    faster changes latency, not behaviour. Measured here with a no-op C-STORE
-    handler and dcmtk storescu over one association (200 x 0.5 MB): 202 ->
-    269 instances/s, and less CPU per instance (3.75 -> 2.95 ms), with both
-    this and DUL_LOOP_DELAY. pynetdicom is pinned below 4 for this.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        time.sleep(min(seconds, REACTOR_POLL))
-
-
-def tune_pynetdicom_polling() -> None:
-    _association_module.time = _FastPollTime()  # type: ignore[assignment,attr-defined]
-
-
 def _on_established(event: Any) -> None:
-    event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY
+    tune_association(event.assoc)
     requestor = event.assoc.requestor
     log.info(
         "association from %s at %s:%s",
@@ -229,7 +199,7 @@ def start_dimse(
     if removed:
         log.info("removed %d stale received files from %s", removed, incoming)
     policy = policy or AssociationPolicy.from_settings(settings)
-    tune_pynetdicom_polling()
+    tune_pynetdicom()
     ae = build_ae(archive)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, functools.partial(_on_requested, policy)),
