@@ -37,7 +37,10 @@ TOKEN_ENV = "CHRONICLE_INTERNAL_TOKEN"
 def reuse_port_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket that sibling processes can bind too."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections
+    # only when the proto says TCP, and without it every response split in two
+    # writes waited ~40 ms for the peer's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
@@ -101,7 +104,7 @@ class WorkerPool:
 
         from api.internal import create_internal_app
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.owner_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
