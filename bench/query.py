@@ -37,6 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from api.dimse.tuning import tune_pynetdicom  # noqa: E402
 from bench.peers import CALLING_AE, running_chronicle, running_orthanc  # noqa: E402
 from infra.factory import open_blob_store, open_event_log, open_projection_store  # noqa: E402
 from projections.replay import replay  # noqa: E402
@@ -194,6 +195,10 @@ QUERIES: dict[str, dict[str, str]] = {
 def c_find_timer(
     port: int, ae_title: str
 ) -> tuple[Callable[[dict[str, str]], int], Callable[[], None]]:
+    # The same client for both archives, with TCP_NODELAY (pynetdicom never
+    # sets it, and a C-FIND request sent as two PDUs would wait for the
+    # server's delayed ACK) and fast polling.
+    tune_pynetdicom()
     ae = AE(ae_title=CALLING_AE)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
