@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from api import commands, print_cli
+from api import commands, print_cli, scu
 from infra.errors import ChronicleError
 from infra.settings import Settings, load_settings
 
@@ -33,6 +33,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 #: `run=function(settings, args) -> int` as its default.
 SUBCOMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = [
     print_cli.add_parser,
+    scu.add_parsers,
 ]
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from pynetdicom import AE
 
-from . import commitment
+from . import commitment, get, move
 
 Register = Callable[[AE, Any], list[tuple[Any, Any]]]
 
-REGISTRY: list[Register] = [commitment.register]
+REGISTRY: list[Register] = [move.register, get.register, commitment.register]

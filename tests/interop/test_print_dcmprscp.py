@@ -317,7 +317,7 @@ def test_a_printer_not_ready_is_logged_and_released(
         fake.stop()
     assert done.returncode == 1
     assert "status FAILURE (SUPPLY EMPTY)" in done.stderr
-    assert re.search(r"ERROR chronicle\.print: .*FAILURE.*SUPPLY EMPTY", done.stderr)
+    assert re.search(r"ERROR (\d+ )?chronicle\.print: .*FAILURE.*SUPPLY EMPTY", done.stderr)
     assert fake.kinds() == ["N-GET Printer"]
 
 
