@@ -16,6 +16,7 @@ call it before associating.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
@@ -29,10 +30,15 @@ _tuned = False
 
 
 class _FastPollTime:
-    """`time` as pynetdicom.association sees it: sleeps capped at POLL_SECONDS.
+    """`time` as pynetdicom.association sees it: in the reactor threads of
+    associations we accepted, sleeps capped at POLL_SECONDS.
 
-    Every sleep in that module polls a queue or a flag, so polling faster
-    changes latency, not behaviour.
+    Every sleep in that module polls a queue or a flag. Only accepted
+    associations poll faster: when our side sends a request and waits for
+    its response (print, send, echo, commitment reports), pynetdicom pauses
+    its reactor with a handshake whose race window grows as the reactor
+    polls faster, and a response taken by the reactor is lost (seen as
+    "Received unexpected N-CREATE service message" and a DIMSE timeout).
     """
 
     def __getattr__(self, name: str) -> Any:
@@ -40,7 +46,9 @@ class _FastPollTime:
 
     @staticmethod
     def sleep(seconds: float) -> None:
-        time.sleep(min(seconds, POLL_SECONDS))
+        if getattr(threading.current_thread(), "is_acceptor", False):
+            seconds = min(seconds, POLL_SECONDS)
+        time.sleep(seconds)
 
 
 def _no_delay(sock: socket.socket | None) -> None:
