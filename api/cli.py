@@ -89,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    flags: dict[str, Any] = {
-        k: v for k, v in vars(args).items() if k in Settings.model_fields
-    }
+    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
     return load_settings(flags)
 
 

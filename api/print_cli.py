@@ -35,8 +35,8 @@ from pydicom import dcmread
 
 from api.catalog import list_instances
 from api.matching import Level, parse_qido, search_page
-from api.pixels import PRINT_BITS, render_for_print
 from api.print_scu import FilmLayout, FilmSession, PrintJob, print_images
+from api.rendering import PRINT_BITS, render_for_print
 from infra.errors import Invalid, NotFound, Unavailable
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.settings import RemoteAE, Settings

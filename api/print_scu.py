@@ -119,7 +119,7 @@ class PrinterNotReady(Unavailable):
 def print_images(
     job: PrintJob, images: Iterable[npt.NDArray[Any]], settings: Settings
 ) -> PrintReport:
-    """Print `images` (from `api.pixels.render_for_print`: uint8 = 8 bits, uint16 = 12).
+    """Print `images` (from `api.rendering.render_for_print`: uint8 = 8 bits, uint16 = 12).
 
     Images are consumed lazily, one film's worth at a time. Raises
     PrinterNotReady, Unavailable (no association, no answer) or Invalid (the

@@ -1,4 +1,4 @@
-"""DICOM JSON (PS3.18 Annex F) in both directions, fast on the ingest path.
+"""Dataset to DICOM JSON (PS3.18 Annex F), fast on the ingest path.
 
 `dataset_to_json` decodes RawDataElement bytes itself (pydicom's
 `to_json_dict` converts every element through pydicom's value classes, an
@@ -16,6 +16,9 @@ DataElements. Choices where Annex F leaves room (the tests pin each one):
 - Empty values inside a multi-valued element are null; empty PN component
   groups are left out; an empty sequence or empty value has no "Value".
 - Non-finite FL/FD values become null (JSON has no NaN).
+
+The other direction, DICOM JSON to a Dataset, is `schemas.dicom_json_decode`;
+Specific Character Set decoding is `schemas.dicom_charset`.
 """
 
 from __future__ import annotations
@@ -24,24 +27,17 @@ import base64
 import math
 import struct
 import sys
-import warnings
 from array import array
-from codecs import lookup as codec_lookup
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from pydicom import config
 from pydicom._dicom_dict import DicomDictionary
-from pydicom.charset import decode_bytes, python_encoding
 from pydicom.datadict import dictionary_VR, private_dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
-from pydicom.valuerep import DSfloat
 
-from infra.errors import Invalid
+from schemas.dicom_charset import Charset, charset_for, default_charset_for
 
 JSON = dict[str, Any]
 
@@ -57,6 +53,8 @@ _CHARSET_VRS = frozenset({"SH", "LO", "UC", "PN", "ST", "LT", "UT"})
 _SINGLE_VALUED = frozenset({"ST", "LT", "UT", "UR"})
 _NUMERIC_TEXT = frozenset({"DS", "IS"})
 _STRUCT = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "UV": "Q", "SV": "q"}
+#: VRs whose values are binary numbers
+BINARY_NUMBER_VRS = frozenset(_STRUCT)
 _SIZE = {"H": 2, "h": 2, "L": 4, "l": 4, "f": 4, "d": 8, "Q": 8, "q": 8}
 # memoryview.cast uses native sizes: C long is 8 bytes on LP64, so 32-bit ints are "I"/"i"
 _NATIVE = {"H": "H", "h": "h", "L": "I", "l": "i", "f": "f", "d": "d", "Q": "Q", "q": "q"}
@@ -65,76 +63,7 @@ _WIDE = frozenset({"FL", "FD", "UV", "SV"})  # need NaN / 2**53 checks: not on t
 _SWAP_SIZE = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _TEXT_DELIMS = {0x0D, 0x0A, 0x09, 0x0C, 0x5C}
 _PN_DELIMS = _TEXT_DELIMS | {0x3D, 0x5E}
-_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
-
-
-class Charset:
-    """The Python codecs for one Specific Character Set, decoding never raising."""
-
-    __slots__ = ("codecs", "label", "fallback", "single")
-
-    def __init__(self, codecs: list[str], label: str, fallback: Charset | None) -> None:
-        self.codecs = codecs
-        self.label = label
-        self.fallback = fallback
-        # canonical codec name: pydicom's aliases (e.g. "iso8859") are slow to look up
-        self.single = codec_lookup(codecs[0]).name if len(codecs) == 1 else ""
-
-    def decode(self, raw: bytes, tag: int, notes: list[str], delims: set[int]) -> str:
-        if self.single and b"\x1b" not in raw:
-            try:
-                return raw.decode(self.single)
-            except UnicodeDecodeError:
-                return self._recover(raw, tag, notes)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            text = decode_bytes(raw, self.codecs, delims)
-        if caught:
-            notes.append(f"({tag >> 16:04X},{tag & 0xFFFF:04X}): {caught[0].message}")
-        return text
-
-    def _recover(self, raw: bytes, tag: int, notes: list[str]) -> str:
-        where = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
-        if self.fallback is not None:
-            try:
-                text = raw.decode(self.fallback.codecs[0])
-            except UnicodeDecodeError:
-                pass
-            else:
-                notes.append(f"{where}: not valid {self.label}, decoded as {self.fallback.label}")
-                return text
-        notes.append(f"{where}: bytes invalid in {self.label} replaced with U+FFFD")
-        return raw.decode(self.codecs[0], errors="replace")
-
-
-def charset_for(term_value: str, default: Charset, notes: list[str]) -> Charset:
-    """The Charset for a (0008,0005) value; unknown terms fall back to `default`."""
-    terms = [t.strip(" \x00") for t in term_value.split("\\")]
-    if not any(terms):
-        return default
-    if not terms[0]:
-        terms[0] = "ISO_IR 6"
-    codecs: list[str] = []
-    for term in terms:
-        codec = python_encoding.get(term)
-        if codec is None and term[:3] == "ISO" and term[4:6] == "IR":  # "ISO IR 100" and kin
-            codec = python_encoding.get("ISO_IR " + term[6:].strip(" _-"))
-            if codec is not None:
-                notes.append(f"Specific Character Set {term!r} read as 'ISO_IR {term[6:].strip()}'")
-        if codec is None:
-            notes.append(f"unknown Specific Character Set {term!r}: using {default.label}")
-            return default
-        if codec not in codecs:
-            codecs.append(codec)
-    return Charset(codecs, "\\".join(terms), default)
-
-
-def default_charset_for(term: str) -> Charset:
-    """The fallback Charset used when a dataset has none or a wrong one."""
-    codec = python_encoding.get(term)
-    if codec is None:
-        raise ValueError(f"unknown default character set {term!r}")
-    return Charset([codec], term, None)
+PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 
 def resolve_vr(tag: int, vr: str | None, elements: Mapping[Any, Any], pixel_rep: int) -> str:
@@ -418,7 +347,7 @@ def _person_name(text: str) -> dict[str, str] | None:
     if not text:
         return None
     groups = text.split("=", 2)
-    name = {_PN_GROUPS[i]: g.rstrip(" \x00") for i, g in enumerate(groups) if g.rstrip(" \x00")}
+    name = {PN_GROUPS[i]: g.rstrip(" \x00") for i, g in enumerate(groups) if g.rstrip(" \x00")}
     return name or None
 
 
@@ -447,99 +376,6 @@ def _to_little_endian(value: bytes, size: int) -> bytes:
     words.frombytes(value[:usable])
     words.byteswap()
     return words.tobytes() + value[usable:]
-
-
-BulkLoader = Callable[[str], bytes]
-
-
-def json_to_dataset(obj: JSON, *, bulk_loader: BulkLoader | None = None) -> Dataset:
-    """The Dataset a DICOM JSON object describes; raises Invalid when malformed.
-
-    BulkDataURIs are resolved through `bulk_loader`; without one the element
-    is kept with an empty value.
-    """
-    if not isinstance(obj, dict):
-        raise Invalid("DICOM JSON dataset must be an object")
-    ds = Dataset()
-    for key in sorted(obj):
-        attr = obj[key]
-        try:
-            tag = int(key, 16)
-            vr = attr["vr"]
-        except (ValueError, TypeError, KeyError) as exc:
-            raise Invalid(f"DICOM JSON attribute {key!r} is malformed") from exc
-        if len(key) != 8 or not isinstance(vr, str) or len(vr) != 2:
-            raise Invalid(f"DICOM JSON attribute {key!r} is malformed")
-        value, converted = _json_value(key, vr, attr, bulk_loader)
-        ds._dict[BaseTag(tag)] = DataElement(
-            tag, vr, value, already_converted=converted, validation_mode=config.IGNORE
-        )
-    return ds
-
-
-def _json_value(key: str, vr: str, attr: Any, loader: BulkLoader | None) -> tuple[Any, bool]:
-    if "Value" in attr:
-        values = attr["Value"]
-        if not isinstance(values, list):
-            raise Invalid(f"DICOM JSON attribute {key}: Value must be an array")
-        if vr == "SQ":
-            items = [json_to_dataset(item or {}, bulk_loader=loader) for item in values]
-            return Sequence(items), False
-        try:
-            out = [_from_json(vr, v) for v in values]
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise Invalid(f"DICOM JSON attribute {key}: bad {vr} value") from exc
-        # a number kept as a JSON string (Annex F) has no pydicom value class
-        converted = vr in ("IS", "DS") and any(isinstance(v, str) for v in out)
-        if not out:
-            return empty_value_for_VR(vr), False
-        return (out[0] if len(out) == 1 else out), converted
-    blob = attr.get("InlineBinary") or attr.get("BulkDataURI")
-    if isinstance(blob, list):
-        blob = blob[0] if blob else None
-    if "InlineBinary" in attr and isinstance(blob, str):
-        try:
-            return base64.b64decode(blob, validate=True), False
-        except ValueError as exc:
-            raise Invalid(f"DICOM JSON attribute {key}: InlineBinary is not base64") from exc
-    if "BulkDataURI" in attr and isinstance(blob, str) and loader is not None:
-        return loader(blob), False
-    return empty_value_for_VR(vr), False
-
-
-def _from_json(vr: str, v: Any) -> Any:
-    if v is None:
-        return None if vr in _STRUCT else ""
-    if vr == "PN":
-        if isinstance(v, str):
-            return v
-        groups = [v.get(g, "") for g in _PN_GROUPS]
-        while groups and not groups[-1]:
-            groups.pop()
-        return "=".join(groups)
-    if vr == "AT":
-        return int(v, 16)
-    if vr in ("IS", "DS"):
-        return _number_from_json(vr, v)
-    if vr in ("UV", "SV"):
-        return int(v)
-    if vr in _STRUCT:
-        return float(v) if vr in ("FL", "FD") else int(v)
-    return str(v)
-
-
-def _number_from_json(vr: str, v: Any) -> Any:
-    if isinstance(v, str):
-        try:
-            number = float(v)
-        except ValueError:
-            return v
-        if not math.isfinite(number):
-            return v
-        v = number
-    if vr == "IS":
-        return int(v)
-    return DSfloat(float(v), auto_format=True)
 
 
 def absolutize_bulk_uris(obj: JSON, instance_url: str) -> JSON:

@@ -50,7 +50,8 @@ from pynetdicom.dsutils import decode, encode
 from api import matching
 from infra.errors import Invalid, Unavailable
 from infra.settings import Settings
-from schemas.dicom_json import charset_for, default_charset_for, json_to_dataset
+from schemas.dicom_charset import charset_for, default_charset_for
+from schemas.dicom_json_decode import json_to_dataset
 
 from .ae import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from .store import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, failure, is_failure_status

@@ -47,10 +47,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 
@@ -344,15 +342,6 @@ class SubOperationFailed(Exception):
     """A C-STORE sub-operation that could not be attempted (no usable context...)."""
 
 
-def to_implicit_le(part10: bytes) -> bytes:
-    """Explicit VR Little Endian Part-10 bytes re-encoded as Implicit VR Little Endian."""
-    ds = dcmread(io.BytesIO(part10))
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    out = io.BytesIO()
-    ds.save_as(out, implicit_vr=True, little_endian=True, enforce_file_format=True)
-    return out.getvalue()
-
-
 @dataclass(frozen=True, slots=True)
 class Part10File:
     """An instance as it goes out: a Part-10 file, by name and open for reading."""
@@ -385,7 +374,7 @@ def part10_file(item: Outgoing, delivery: Delivery, spool: Path) -> Iterator[Par
         try:
             data = pixels.to_explicit_le(stream)
             if delivery is Delivery.IMPLICIT_LE:
-                data = to_implicit_le(data)
+                data = pixels.to_implicit_le(data)
         except pixels.TranscodeUnsupported as exc:
             raise SubOperationFailed(exc.reason) from exc
     finally:

@@ -4,7 +4,7 @@ dcmprscp keeps each printed film as a Stored Print object (SP_*.dcm: the film
 box and, per image box, its position and the Hardcopy Grayscale Image it
 made) and each image box's picture as a Hardcopy Grayscale Image (HG_*.dcm).
 It stores the pixels it is sent unchanged (same size, same values: found by
-trying), so the HG pixels must equal api.pixels.render_for_print of the
+trying), so the HG pixels must equal api.rendering.render_for_print of the
 stored source, value for value.
 
 Both ways of reaching the archive are covered: the embedded store of a
@@ -33,7 +33,7 @@ from pydicom.uid import UID, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import BasicGrayscalePrintManagementMeta  # type: ignore[attr-defined]
 
-from api.pixels import render_for_print
+from api.rendering import render_for_print
 from tests.chronicle_server import REPO_ROOT, ChronicleServer, chronicle_command
 from tests.interop.fake_printer import FakePrinter
 from tests.support import (

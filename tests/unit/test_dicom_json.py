@@ -23,7 +23,8 @@ from pydicom.valuerep import DSfloat
 
 from infra.errors import Invalid
 from ingest.parse import EXPLICIT_VR_LE, parse_dataset
-from schemas.dicom_json import absolutize_bulk_uris, dataset_to_json, json_to_dataset
+from schemas.dicom_json import absolutize_bulk_uris, dataset_to_json
+from schemas.dicom_json_decode import json_to_dataset
 
 
 def _testdata(name: str) -> str:

@@ -1,4 +1,4 @@
-"""api.pixels.render_for_print: stored values -> what a grayscale printer is sent.
+"""api.rendering.render_for_print: stored values -> what a grayscale printer is sent.
 
 Expected values are worked out by hand from PS3.3 C.11 (the arithmetic is in
 the comments), and a property test checks the window against pydicom's own
@@ -20,8 +20,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
-from api.pixels import TranscodeUnsupported, render_for_print
+from api.pixels import TranscodeUnsupported
 from api.print_scu import image_box_pixels
+from api.rendering import render_for_print
 
 # CT in Hounsfield units after Rescale Intercept -1024 (stored = HU + 1024).
 HU = [-200, -100, 0, 39, 40, 41, 239, 240, 3071]

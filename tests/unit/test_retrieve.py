@@ -34,9 +34,9 @@ from api.dimse.retrieve import (
     part10_file,
     retrieve_failure,
     storage_contexts,
-    to_implicit_le,
     unique_key_identifier,
 )
+from api.pixels import to_implicit_le
 from infra.errors import Invalid, Unavailable
 from tests.support import make_ct, part10_bytes, pydicom_file
 
