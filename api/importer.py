@@ -65,15 +65,7 @@ def import_embedded(settings: Settings, paths: Sequence[str]) -> ImportSummary:
     files = list(walk(paths))
     event_log = open_event_log(settings.log_url)
     blobs = open_blob_store(settings.blob_url)
-    service = IngestService(
-        event_log,
-        blobs,
-        site=settings.site,
-        node=settings.node,
-        min_free_bytes=settings.min_free_bytes,
-        space_path=settings.data_dir,
-        default_charset=settings.default_character_set,
-    )
+    service = IngestService.from_settings(settings, event_log, blobs)
     summary = ImportSummary()
     source = Source("IMPORT", user=getpass.getuser())
     try:

@@ -62,15 +62,7 @@ def open_archive(settings: Settings, *, start_projector: bool = True) -> Archive
     event_log = open_event_log(settings.log_url)
     blobs = open_blob_store(settings.blob_url)
     index = open_projection_store(settings.index_url)
-    ingest = IngestService(
-        event_log,
-        blobs,
-        site=settings.site,
-        node=settings.node,
-        min_free_bytes=settings.min_free_bytes,
-        space_path=settings.data_dir,
-        default_charset=settings.default_character_set,
-    )
+    ingest = IngestService.from_settings(settings, event_log, blobs)
     projector = Projector(event_log, index, blobs=blobs, batch=settings.projector_batch)
     commitment = _commitment_reactor(settings, event_log, index, blobs, projector)
     if start_projector:

@@ -77,15 +77,7 @@ def open_worker_archive(settings: Settings, owner_url: str, token: str) -> Archi
     event_log = open_event_log(settings.log_url)
     blobs = open_blob_store(settings.blob_url)
     index = OwnerProjectionStore(owner_url, token)
-    ingest = IngestService(
-        event_log,
-        blobs,
-        site=settings.site,
-        node=settings.node,
-        min_free_bytes=settings.min_free_bytes,
-        space_path=settings.data_dir,
-        default_charset=settings.default_character_set,
-    )
+    ingest = IngestService.from_settings(settings, event_log, blobs)
     projector = OwnerProjector(index)
     return Archive(settings, event_log, blobs, index, ingest, projector)  # type: ignore[arg-type]
 

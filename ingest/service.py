@@ -22,6 +22,7 @@ from pydicom.uid import UID
 
 from infra.errors import ChronicleError, Invalid, Unavailable
 from infra.ports import BlobStore, EventLog
+from infra.settings import Settings
 from ingest.parse import ParsedInstance, parse_dataset, parse_part10
 from schemas import codec
 from schemas.events import BlobRef, Envelope, InstanceStored, Source
@@ -104,6 +105,19 @@ class IngestService:
         self._space_path = space_path
         self._charset = default_charset
         self._free_bytes = free_bytes or self._disk_free
+
+    @classmethod
+    def from_settings(cls, settings: Settings, log_: EventLog, blobs: BlobStore) -> IngestService:
+        """The service every ingest process (owner, worker, import) builds."""
+        return cls(
+            log_,
+            blobs,
+            site=settings.site,
+            node=settings.node,
+            min_free_bytes=settings.min_free_bytes,
+            space_path=settings.data_dir,
+            default_charset=settings.default_character_set,
+        )
 
     # -- the routes ---------------------------------------------------------
 
