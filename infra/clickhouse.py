@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -38,6 +38,7 @@ from clickhouse_connect.driver.exceptions import (
 )
 
 from infra.errors import Invalid, Unavailable
+from infra.read_cache import ReadCache
 
 DEFAULT_DATABASE = "chronicle"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -100,6 +101,8 @@ class ClickHouseStore:
         self._idle: list[Client] = []
         self._clients: list[Client] = []
         self._closed = False
+        # Embedded only: there every write goes through this object (read_cache.py).
+        self._cache = ReadCache() if url.startswith("chdb:") else None
         first = self._open_client(database=None)
         try:
             self._ensure_database(first)
@@ -112,7 +115,7 @@ class ClickHouseStore:
     # -- the port ---------------------------------------------------------------
 
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
-        with self._lease() as client:
+        with self._writing(), self._lease() as client:
             client.command(sql, parameters=dict(parameters) if parameters else None)
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -123,6 +126,12 @@ class ClickHouseStore:
     def query_dicts(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
+        key = _cache_key(sql, parameters) if self._cache is not None else None
+        if self._cache is None or key is None:
+            return self._query_dicts(sql, parameters)
+        return self._cache.read(key, lambda: self._query_dicts(sql, parameters))
+
+    def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         with self._lease() as client:
             result = client.query(sql, parameters=dict(parameters) if parameters else None)
             return list(result.named_results())
@@ -135,7 +144,7 @@ class ClickHouseStore:
             check_identifier(column, "column")
         if not rows:
             return
-        with self._lease() as client:
+        with self._writing(), self._lease() as client:
             try:
                 client.insert(table, list(rows), column_names=list(column_names))
             except (TypeError, ValueError, OverflowError) as exc:
@@ -171,6 +180,17 @@ class ClickHouseStore:
         return f"`{self.database}`.`{check_identifier(name)}`"
 
     # -- clients -----------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self._cache is None:
+            yield
+            return
+        self._cache.write_started()
+        try:
+            yield
+        finally:
+            self._cache.write_finished()
 
     @contextmanager
     def _lease(self) -> Iterator[Client]:
@@ -216,6 +236,22 @@ class ClickHouseStore:
 
     def _fail(self, exc: ClickHouseError) -> NoReturn:
         raise translate_error(exc, self._where) from exc
+
+
+def _cache_key(sql: str, parameters: Mapping[str, Any] | None) -> Hashable | None:
+    """(sql, parameters) as a dict key; None when a value cannot be one."""
+    frozen = tuple(sorted((k, _frozen(v)) for k, v in (parameters or {}).items()))
+    try:
+        hash(frozen)
+    except TypeError:
+        return None
+    return (sql, frozen)
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def translate_error(exc: ClickHouseError, where: str) -> Unavailable | Invalid:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from io import BytesIO
@@ -54,6 +54,7 @@ from schemas.dicom_charset import charset_for, default_charset_for
 from schemas.dicom_json_decode import json_to_dataset
 
 from .ae import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from .find_encode import EncodedIdentifier, encode_response
 from .store import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, failure, is_failure_status
 
 log = logging.getLogger("chronicle.dimse")
@@ -72,6 +73,9 @@ _RETRIEVE_AE_TITLE = Tag(0x0008, 0x0054)
 _OURS = frozenset({_SPECIFIC_CHARACTER_SET, _QUERY_RETRIEVE_LEVEL, _RETRIEVE_AE_TITLE})
 
 FindResponse = tuple["int | Dataset", "Dataset | None"]
+
+#: Transfer syntaxes `find_encode` writes -> implicit VR?
+_FAST_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}
 
 
 class FindArchive(Protocol):
@@ -324,15 +328,14 @@ class FindHandler:
             yield find_failure(exc), None
             return
         sent = 0
+        respond = self._responder(identifier, level, event.context.transfer_syntax)
         for match in matches:
             if event.is_cancelled:
                 log.info("C-FIND from %s cancelled after %d of %d", calling, sent, len(matches))
                 yield CANCELLED, None
                 return
             try:
-                response = build_response(
-                    match, identifier, level=level, ae_title=self._archive.settings.ae_title
-                )
+                response = respond(match)
             except Exception as exc:
                 self._log_failure(calling, exc)
                 yield find_failure(exc), None
@@ -346,6 +349,36 @@ class FindHandler:
             sent,
             (time.perf_counter() - started) * 1000,
         )
+
+    def _responder(
+        self, identifier: Dataset, level: str, transfer_syntax: str
+    ) -> Callable[[dict[str, Any]], Dataset]:
+        """How each match becomes a response: encoded directly when the context is
+        uncompressed little endian and the match allows it, else through pydicom."""
+        ae_title = self._archive.settings.ae_title
+        implicit = _FAST_SYNTAXES.get(str(transfer_syntax))
+        keys = [
+            (int(elem.tag), str(elem.VR))
+            for elem in identifier
+            if elem.tag.element != 0 and elem.tag not in _OURS
+        ]
+        requested = requested_character_set(identifier)
+
+        def respond(match: dict[str, Any]) -> Dataset:
+            if implicit is not None:
+                encoded = encode_response(
+                    match,
+                    keys,
+                    level=level,
+                    ae_title=ae_title,
+                    requested=requested,
+                    implicit_vr=implicit,
+                )
+                if encoded is not None:
+                    return EncodedIdentifier(encoded, implicit_vr=implicit)
+            return build_response(match, identifier, level=level, ae_title=ae_title)
+
+        return respond
 
     def _run(self, event: Any, calling: str) -> tuple[Dataset, str, list[dict[str, Any]]]:
         identifier: Dataset = event.identifier

@@ -30,6 +30,7 @@ from infra.settings import Settings
 
 from .ae import build_ae, prefer_requestor_order, shared_contexts
 from .find import FindArchive, FindHandler, negotiate_options
+from .find_encode import install_encoded_identifiers
 from .policy import AssociationPolicy, apply_decision, judge
 from .services import REGISTRY
 from .store import StoreArchive, StoreHandler
@@ -200,6 +201,7 @@ def start_dimse(
         log.info("removed %d stale received files from %s", removed, incoming)
     policy = policy or AssociationPolicy.from_settings(settings)
     tune_pynetdicom()
+    install_encoded_identifiers()
     ae = build_ae(archive)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, functools.partial(_on_requested, policy)),

@@ -8,6 +8,8 @@
   possibly behind one sleep. Measured with a no-op C-STORE handler and dcmtk
   storescu over one association (200 x 0.5 MB): 202 -> 269 instances/s, and
   less CPU per instance (3.75 -> 2.95 ms).
+* Command sets encoded directly (`api.dimse.command_encode`): ~0.4 ms of
+  CPU per DIMSE message less.
 
 `tune_pynetdicom()` is idempotent; the DIMSE server and every SCU command
 call it before associating.
@@ -22,6 +24,8 @@ from typing import Any
 
 from pynetdicom import association as _association_module
 from pynetdicom import transport as _transport
+
+from .command_encode import install_command_encoder
 
 #: How long the association reactor and the DUL reader sleep when idle.
 POLL_SECONDS = 0.0002
@@ -61,6 +65,7 @@ def tune_pynetdicom() -> None:
     if _tuned:
         return
     _tuned = True
+    install_command_encoder()
     _association_module.time = _FastPollTime()  # type: ignore[assignment,attr-defined]
 
     original_init = _transport.AssociationSocket.__init__

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from pydicom import Dataset
 from pydicom.data import get_charset_files
 from pydicom.dataelem import RawDataElement
+from pynetdicom import service_class  # type: ignore[attr-defined]
 from pynetdicom.dsutils import decode, encode
 
 import api.dimse.find as find_module
@@ -34,6 +35,7 @@ from api.dimse.find import (
     requested_character_set,
     response_character_set,
 )
+from api.dimse.find_encode import install_encoded_identifiers
 from infra.factory import open_blob_store, open_event_log
 from infra.settings import Settings
 from ingest.service import IngestService
@@ -300,8 +302,16 @@ def test_multi_valued_text_is_split_after_decoding() -> None:
     assert list(request.StudyDescription) == ["Épaule", "Genou"]
 
 
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        "1.2.840.10008.1.2",  # encoded directly (api.dimse.find_encode)
+        "1.2.840.10008.1.2.1",  # encoded directly (api.dimse.find_encode)
+        "1.2.840.10008.1.2.1.99",  # through pydicom
+    ],
+)
 def test_find_handler_decodes_with_the_configured_default_and_answers_in_utf8(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_syntax: str
 ) -> None:
     seen: list[Any] = []
 
@@ -327,7 +337,7 @@ def test_find_handler_decodes_with_the_configured_default_and_answers_in_utf8(
     del request.SpecificCharacterSet  # no declaration: the configured default applies
     event = SimpleNamespace(
         identifier=request,
-        context=SimpleNamespace(abstract_syntax=STUDY_ROOT_FIND),
+        context=SimpleNamespace(abstract_syntax=STUDY_ROOT_FIND, transfer_syntax=transfer_syntax),
         assoc=SimpleNamespace(
             requestor=SimpleNamespace(ae_title="PEER"),
             acceptor=SimpleNamespace(sop_class_extended={}),
@@ -340,9 +350,14 @@ def test_find_handler_decodes_with_the_configured_default_and_answers_in_utf8(
     assert [m.value for m in seen[0].matches] == ["Жанна*"]
     [(status, response)] = answers
     assert status == find_module.PENDING and response is not None
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    install_encoded_identifiers()
+    wire = service_class.encode(response, implicit, True, False)
+    received = decode(BytesIO(wire or b""), implicit, True)
     # The request named no set (ASCII): a Cyrillic answer goes out in UTF-8.
-    assert response.SpecificCharacterSet == UTF8
-    assert str(_on_the_wire(response).PatientName) == "Жанна^Д"
+    assert received.SpecificCharacterSet == UTF8
+    assert str(received.PatientName) == "Жанна^Д"
+    assert received.QueryRetrieveLevel == "STUDY" and received.StudyInstanceUID == "1.2"
 
 
 # ---------------------------------------------------------------- ingest's default

@@ -1,0 +1,88 @@
+"""Answers to repeated reads of the embedded index, valid until its next write.
+
+Viewers and worklists repeat the same searches; on chDB each costs a few
+milliseconds of engine time however small the answer. In the embedded
+deployment one process owns the index and every write goes through its
+`ClickHouseStore`, so a generation counter bumped on each write tells
+exactly when a stored answer may have changed: an answer is kept under the
+generation it was read at, and only if no write started or finished while
+it was being read. A ClickHouse server has writers elsewhere (projectors in
+other processes), so the store uses no cache there.
+
+Bounded by entries, rows per answer and an estimate of bytes; callers get
+fresh row dicts, never the cached ones (they annotate rows in place).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any
+
+Rows = list[dict[str, Any]]
+
+
+class ReadCache:
+    def __init__(
+        self, *, max_entries: int = 256, max_rows: int = 2000, max_bytes: int = 64 << 20
+    ) -> None:
+        self._entries: OrderedDict[Hashable, tuple[Rows, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._writing = 0
+        self._bytes = 0
+        self._max_entries = max_entries
+        self._max_rows = max_rows
+        self._max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
+
+    def write_started(self) -> None:
+        with self._lock:
+            self._writing += 1
+            self._invalidate()
+
+    def write_finished(self) -> None:
+        with self._lock:
+            self._writing -= 1
+            self._invalidate()
+
+    def read(self, key: Hashable, run: Callable[[], Rows]) -> Rows:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return [dict(row) for row in found[0]]
+            self.misses += 1
+            generation = None if self._writing else self._generation
+        rows = run()
+        if generation is not None and len(rows) <= self._max_rows:
+            self._keep(key, rows, generation)
+        return rows
+
+    def _keep(self, key: Hashable, rows: Rows, generation: int) -> None:
+        size = _estimate(rows)
+        with self._lock:
+            if generation != self._generation or self._writing or size > self._max_bytes:
+                return
+            self._entries[key] = ([dict(row) for row in rows], size)
+            self._bytes += size
+            while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    def _invalidate(self) -> None:
+        self._generation += 1
+        self._entries.clear()
+        self._bytes = 0
+
+
+def _estimate(rows: Rows) -> int:
+    size = 0
+    for row in rows:
+        size += 64
+        for value in row.values():
+            size += len(value) if isinstance(value, str | bytes) else 16
+    return size
