@@ -129,12 +129,27 @@ class IngestService:
         return self._keep(parsed, path, source, expected_study_uid)
 
     def store_dataset_file(
-        self, path: Path, *, transfer_syntax_uid: str, source: Source, offset: int = 0
+        self,
+        path: Path,
+        *,
+        transfer_syntax_uid: str,
+        source: Source,
+        offset: int = 0,
+        expected_sop_instance_uid: str | None = None,
     ) -> StoreOutcome:
+        """A bare data set (a C-STORE's), in `transfer_syntax_uid`. With
+        `expected_sop_instance_uid` (the command's Affected SOP Instance UID), a
+        data set naming another instance is refused (0xA900) before anything is kept."""
         self.check_space()
         parsed = parse_dataset(
             path, transfer_syntax_uid, offset=offset, default_charset=self._charset
         )
+        expected = expected_sop_instance_uid
+        if expected is not None and parsed.sop_instance_uid != expected:
+            raise Invalid(
+                f"dataset SOP Instance UID {parsed.sop_instance_uid} differs from the command's",
+                status=0xA900,
+            )
         return self._keep(parsed, path, source, None)
 
     def store_bytes(self, data: bytes, *, source: Source) -> StoreOutcome:

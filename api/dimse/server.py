@@ -27,13 +27,16 @@ from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.transport import ThreadedAssociationServer
 
 from infra.settings import Settings
+from schemas.events import Source
 
 from .ae import build_ae, prefer_requestor_order, shared_contexts
 from .find import FindArchive, FindHandler, negotiate_options
 from .find_encode import install_encoded_identifiers
 from .policy import AssociationPolicy, apply_decision, judge
 from .services import REGISTRY
-from .store import StoreArchive, StoreHandler
+from .storage_link import StorageRouter
+from .storage_messages import Message
+from .store import StoreArchive, StoreHandler, store_received_dataset
 from .tuning import tune_association, tune_pynetdicom
 
 log = logging.getLogger("chronicle.dimse")
@@ -134,7 +137,39 @@ def _on_echo(event: Any) -> int:
     return 0x0000
 
 
-class ReusePortServer(ThreadedAssociationServer):
+class DimseListener(ThreadedAssociationServer):
+    """pynetdicom's threaded listener, with storage associations routed past it.
+
+    Each connection gets a thread that lets `StorageRouter` look at its
+    A-ASSOCIATE-RQ: an association that only stores or echoes is served by
+    `api.dimse.storage_link`; any other goes to pynetdicom untouched.
+    """
+
+    router: StorageRouter | None = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.router is None:
+            super().process_request(request, client_address)
+            return
+        threading.Thread(
+            target=self._route, args=(request, client_address), name="DimseRoute", daemon=True
+        ).start()
+
+    def _route(self, request: Any, client_address: Any) -> None:
+        router = self.router
+        assert router is not None
+        try:
+            accepted = router.claims(request, client_address)
+        except Exception:
+            log.exception("storage routing failed; handing the association to pynetdicom")
+            accepted = None
+        if accepted is None:
+            self.process_request_thread(request, client_address)
+        else:
+            router.serve(request, client_address, accepted)
+
+
+class ReusePortServer(DimseListener):
     """A listener several processes can bind to the same port (SO_REUSEPORT).
 
     The kernel spreads incoming connections over the processes, which is how
@@ -171,16 +206,48 @@ class DimseServer:
 
 def _listen(ae: AE, address: tuple[str, int], handlers: list[Any], reuse_port: bool) -> Any:
     contexts = shared_contexts(ae.supported_contexts)
-    if not reuse_port:
-        return ae.start_server(address, block=False, evt_handlers=handlers, contexts=contexts)
-    server = ae.make_server(
-        address, evt_handlers=handlers, contexts=contexts, server_class=ReusePortServer
+    server_class = ReusePortServer if reuse_port else DimseListener
+    return ae.make_server(
+        address, evt_handlers=handlers, contexts=contexts, server_class=server_class
     )
+
+
+def _serve(ae: AE, server: Any) -> None:
     # What AE.start_server does for its own class: serve in a daemon thread,
     # and register the server so AE.shutdown() and server.shutdown() work.
     threading.Thread(target=server.serve_forever, name="DimseListener", daemon=True).start()
     ae._servers.append(server)
-    return server
+
+
+def storage_router(
+    archive: DimseArchive, ae: AE, policy: AssociationPolicy, incoming: Path
+) -> StorageRouter:
+    settings = archive.settings
+
+    def store(path: Path, message: Message, source: Source) -> tuple[int, str]:
+        return store_received_dataset(
+            archive,
+            path,
+            transfer_syntax=message.transfer_syntax,
+            sop_instance_uid=message.sop_instance_uid,
+            source=source,
+        )
+
+    router: StorageRouter
+
+    def capacity() -> bool:
+        return len(ae.active_associations) + router.active < settings.max_associations
+
+    router = StorageRouter(
+        policy,
+        store=store,
+        incoming=incoming,
+        max_pdu_size=settings.max_pdu_size,
+        acse_timeout=settings.acse_timeout,
+        network_timeout=settings.network_timeout,
+        capacity=capacity,
+    )
+    return router
 
 
 def start_dimse(
@@ -215,8 +282,8 @@ def start_dimse(
     for register in REGISTRY:
         handlers.extend(register(ae, archive))
     server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
-    if server is None:  # only a blocking start returns None
-        raise RuntimeError("pynetdicom did not return a running server")
+    server.router = storage_router(archive, ae, policy, incoming)
+    _serve(ae, server)
     dimse = DimseServer(ae, server, incoming)
     log.info("DIMSE %s listening on %s:%d", settings.ae_title, *dimse.address)
     return dimse

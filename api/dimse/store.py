@@ -59,6 +59,16 @@ DEFLATED_DATASETS = frozenset(
 class StoreService(Protocol):
     def store_part10_file(self, path: Path, *, source: Source) -> StoreOutcome: ...
 
+    def store_dataset_file(
+        self,
+        path: Path,
+        *,
+        transfer_syntax_uid: str,
+        source: Source,
+        offset: int = 0,
+        expected_sop_instance_uid: str | None = None,
+    ) -> StoreOutcome: ...
+
 
 class StoreArchive(Protocol):
     """The parts of `api.wiring.Archive` the C-STORE handler uses."""
@@ -74,9 +84,14 @@ def failure(status: int, comment: str) -> Dataset:
     """A status dataset pynetdicom copies into the response (Status + Error Comment)."""
     ds = Dataset()
     ds.Status = status
-    text = comment.encode("ascii", "replace").decode("ascii").replace("\\", "/")
-    ds.ErrorComment = text[:ERROR_COMMENT_MAX]
+    ds.ErrorComment = error_comment(comment)
     return ds
+
+
+def error_comment(comment: str) -> str:
+    """Error Comment is LO: 64 characters of the default repertoire, no backslash."""
+    text = comment.encode("ascii", "replace").decode("ascii").replace("\\", "/")
+    return text[:ERROR_COMMENT_MAX]
 
 
 def is_failure_status(status: int) -> bool:
@@ -134,7 +149,7 @@ def _dataset_start(head: bytes) -> int | None:
     return None
 
 
-def dataset_sop_instance_uid(path: Path, transfer_syntax: str) -> str | None:
+def dataset_sop_instance_uid(path: Path, transfer_syntax: str, *, bare: bool = False) -> str | None:
     """The dataset's own SOP Instance UID, from the file's first 16 KB.
 
     A walk over the leading elements (only group 0008 precedes the UID in a
@@ -148,7 +163,7 @@ def dataset_sop_instance_uid(path: Path, transfer_syntax: str) -> str | None:
     order = ">" if transfer_syntax == "1.2.840.10008.1.2.2" else "<"
     with path.open("rb") as fh:
         head = fh.read(HEAD_BYTES)
-    pos = _dataset_start(head)
+    pos = 0 if bare else _dataset_start(head)
     while pos is not None and (found := _element_header(head, pos, implicit=implicit, order=order)):
         tag, header, length = found
         if tag > _SOP_INSTANCE_UID or length == UNDEFINED_LENGTH:
@@ -208,3 +223,55 @@ class StoreHandler:
                 f"dataset SOP Instance UID {in_dataset} differs from the command's",
                 DOES_NOT_MATCH_SOP_CLASS,
             )
+
+
+def store_received_dataset(
+    archive: StoreArchive,
+    path: Path,
+    *,
+    transfer_syntax: str,
+    sop_instance_uid: str,
+    source: Source,
+) -> tuple[int, str]:
+    """(status, error comment) for a data set received on a storage association
+    served by `api.dimse.storage_link`: the same rules as `StoreHandler`."""
+    try:
+        size = path.stat().st_size
+        limit = archive.settings.max_body_bytes
+        if size > limit:
+            raise Invalid(f"dataset of {size} bytes exceeds limit {limit}", OUT_OF_RESOURCES)
+        in_dataset = dataset_sop_instance_uid(path, transfer_syntax, bare=True)
+        if in_dataset is not None and in_dataset != sop_instance_uid:
+            raise Invalid(
+                f"dataset SOP Instance UID {in_dataset} differs from the command's",
+                DOES_NOT_MATCH_SOP_CLASS,
+            )
+        outcome = archive.ingest.store_dataset_file(
+            path,
+            transfer_syntax_uid=transfer_syntax,
+            source=source,
+            expected_sop_instance_uid=sop_instance_uid,
+        )
+    except Invalid as exc:
+        status = invalid_status(exc)
+        log.warning(
+            "C-STORE from %s: %s refused 0x%04X: %s",
+            source.calling_ae,
+            sop_instance_uid,
+            status,
+            exc,
+        )
+        return status, error_comment(str(exc))
+    except Unavailable as exc:
+        log.error(
+            "C-STORE from %s: %s not kept (0xA700): %s", source.calling_ae, sop_instance_uid, exc
+        )
+        return OUT_OF_RESOURCES, error_comment(f"out of resources: {exc}")
+    except Exception as exc:
+        log.exception(
+            "C-STORE from %s: %s failed unexpectedly", source.calling_ae, sop_instance_uid
+        )
+        return CANNOT_UNDERSTAND, error_comment(f"cannot process: {type(exc).__name__}")
+    if outcome.duplicate:
+        log.info("C-STORE from %s: %s was a duplicate", source.calling_ae, sop_instance_uid)
+    return SUCCESS, ""

@@ -33,8 +33,25 @@ class ScriptedIngest:
     calls: list[tuple[Path, Source, bytes]] = field(default_factory=list)
     behaviour: Callable[[Path], Any] = lambda path: SimpleNamespace(duplicate=False)
 
+    #: The transfer syntax of each bare data set (storage associations, storage_link).
+    syntaxes: list[str | None] = field(default_factory=list)
+
     def store_part10_file(self, path: Path, *, source: Source) -> Any:
         self.calls.append((path, source, path.read_bytes()))
+        self.syntaxes.append(None)
+        return self.behaviour(path)
+
+    def store_dataset_file(
+        self,
+        path: Path,
+        *,
+        transfer_syntax_uid: str,
+        source: Source,
+        offset: int = 0,
+        expected_sop_instance_uid: str | None = None,
+    ) -> Any:
+        self.calls.append((path, source, path.read_bytes()))
+        self.syntaxes.append(transfer_syntax_uid)
         return self.behaviour(path)
 
 
@@ -72,6 +89,7 @@ def server(archive: StandInArchive) -> Iterator[DimseServer]:
 @pytest.fixture
 def ingest(archive: StandInArchive, server: DimseServer) -> Iterator[ScriptedIngest]:
     archive.ingest.calls.clear()
+    archive.ingest.syntaxes.clear()
     yield archive.ingest
     archive.ingest.behaviour = lambda path: SimpleNamespace(duplicate=False)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_dataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -25,8 +27,12 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import _config, build_context
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from api.dimse.ae import VERIFICATION
+from api.dimse.peer import command_set
 from api.dimse.server import DimseServer, start_dimse
 from infra.errors import Invalid, Unavailable
 from infra.settings import Settings
@@ -171,21 +177,46 @@ def test_many_storage_classes_are_accepted_in_one_association(server: DimseServe
 # ------------------------------------------------------------------ C-STORE
 
 
-def test_store_success_hands_the_received_part10_file_to_ingest(
+def test_a_storage_association_hands_the_received_data_set_to_ingest(
     server: DimseServer, ingest: ScriptedIngest
 ) -> None:
+    """Served by api.dimse.storage_link: the data set exactly as sent, in its syntax."""
     ds = _small_ct()
     status = _store(server.port, ds, [ImplicitVRLittleEndian])
     assert status.Status == 0x0000
     [(path, source, data)] = ingest.calls
+    assert ingest.syntaxes == [ImplicitVRLittleEndian]
     assert path.parent == server.incoming and not path.exists()
+    received = read_dataset(BytesIO(data), is_implicit_VR=True, is_little_endian=True)
+    assert received.SOPInstanceUID == ds.SOPInstanceUID
+    assert received.PixelData == ds.PixelData
+    assert (source.protocol, source.calling_ae, source.called_ae) == ("DIMSE", CALLING, "CHRONICLE")
+    assert source.peer.startswith("127.0.0.1:")
+
+
+def test_a_mixed_association_stores_through_pynetdicom(
+    server: DimseServer, ingest: ScriptedIngest
+) -> None:
+    """Storage proposed beside a query model: pynetdicom serves it, with its Part-10 file."""
+    ds = _small_ct()
+    contexts = [
+        build_context(CTImageStorage, [ImplicitVRLittleEndian]),
+        build_context(StudyRootQueryRetrieveInformationModelFind),
+    ]
+    assoc = _associate(server.port, contexts)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    [(path, source, data)] = ingest.calls
+    assert ingest.syntaxes == [None]
     assert data[128:132] == b"DICM"
     received = dcmread(BytesIO(data))
     assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert received.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert received.SOPInstanceUID == ds.SOPInstanceUID
-    assert (source.protocol, source.calling_ae, source.called_ae) == ("DIMSE", CALLING, "CHRONICLE")
-    assert source.peer.startswith("127.0.0.1:")
+    assert source.calling_ae == CALLING
 
 
 @pytest.mark.parametrize(
@@ -366,3 +397,54 @@ def dcmread_dataset_bytes(path: Path) -> bytes:
     from tests.support import dataset_bytes
 
     return dataset_bytes(path.read_bytes())
+
+
+def _raw_pdv(context_id: int, control: int, value: bytes) -> bytes:
+    return (
+        struct.pack(">BBIIBB", 0x04, 0, len(value) + 6, len(value) + 2, context_id, control) + value
+    )
+
+
+def test_an_abort_mid_dataset_on_a_storage_association_keeps_nothing(
+    server: DimseServer, ingest: ScriptedIngest
+) -> None:
+    assoc = _associate(server.port, [build_context(CTImageStorage)])
+    assert assoc.is_established
+    context_id = assoc.accepted_contexts[0].context_id
+    command = command_set(
+        [
+            (0x00000002, "UI", CTImageStorage),
+            (0x00000100, "US", 0x0001),
+            (0x00000110, "US", 1),
+            (0x00000700, "US", 0),
+            (0x00000800, "US", 0x0000),
+            (0x00001000, "UI", generate_uid()),
+        ]
+    )
+    sent = _raw_pdv(context_id, 0x03, command) + _raw_pdv(context_id, 0x00, b"\0" * 4096)
+    assoc.dul.socket.send(sent)
+    deadline = time.monotonic() + 5
+    while not list(server.incoming.glob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(server.incoming.glob("*.dcm")), "the data set was being received"
+    assoc.abort()
+    deadline = time.monotonic() + 5
+    while list(server.incoming.glob("*.dcm")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(server.incoming.glob("*.dcm")) == []
+    assert ingest.calls == []
+
+
+def test_echo_and_stores_share_a_storage_association(
+    server: DimseServer, ingest: ScriptedIngest
+) -> None:
+    assoc = _associate(server.port, [build_context(VERIFICATION), build_context(CTImageStorage)])
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        for _ in range(3):
+            assert assoc.send_c_store(_small_ct()).Status == 0x0000
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    assert len(ingest.calls) == 3
