@@ -26,7 +26,9 @@ def open_event_log(url: str) -> EventLog:
 
         return SqliteEventLog(_local_path(url, "event log"))
     if scheme == "kafka":
-        raise Invalid(f"event log {url!r}: Kafka adapter not available yet")
+        from infra.kafka_log import KafkaEventLog
+
+        return KafkaEventLog.from_url(url)
     raise Invalid(f"event log URL {url!r}: expected sqlite:///abs/path or kafka://broker/topic")
 
 
@@ -37,7 +39,9 @@ def open_blob_store(url: str) -> BlobStore:
 
         return FileBlobStore(_local_path(url, "blob store"))
     if scheme == "s3":
-        raise Invalid(f"blob store {url!r}: S3 adapter not available yet")
+        from infra.s3_blobs import S3BlobStore
+
+        return S3BlobStore.from_url(url)
     raise Invalid(f"blob store URL {url!r}: expected file:///abs/path or s3://bucket/prefix")
 
 

@@ -21,8 +21,8 @@ import pytest
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.ports import BlobStore, EventLog, ProjectionStore
 
-EVENT_LOG_ADAPTERS = ["sqlite"]
-BLOB_STORE_ADAPTERS = ["file"]
+EVENT_LOG_ADAPTERS = ["sqlite", "kafka"]
+BLOB_STORE_ADAPTERS = ["file", "s3"]
 PROJECTION_STORE_ADAPTERS = ["chdb"] + (
     ["clickhouse-http"] if os.environ.get("CHRONICLE_TEST_CLICKHOUSE_URL") else []
 )
@@ -33,6 +33,10 @@ def event_log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL naming a fresh, empty log that stays the same for the whole test."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path / 'log.db'}"
+    if request.param == "kafka":
+        from tests.tansu import fresh_topic_url
+
+        return fresh_topic_url(request)
     raise AssertionError(f"no event log adapter {request.param}")
 
 
@@ -60,6 +64,10 @@ def event_log(open_log: Callable[[], EventLog]) -> EventLog:
 def blob_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "file":
         return f"file://{tmp_path / 'blobs'}"
+    if request.param == "s3":
+        from tests.seaweed import shared_seaweed
+
+        return shared_seaweed(request.config).url()
     raise AssertionError(f"no blob store adapter {request.param}")
 
 

@@ -70,18 +70,6 @@ def test_an_unreachable_clickhouse_server_is_unavailable() -> None:
 @pytest.mark.parametrize(
     ("opener", "url"),
     [
-        (open_event_log, "kafka://broker:9092/chronicle"),
-        (open_blob_store, "s3://bucket/prefix?endpoint_url=http://127.0.0.1:8333"),
-    ],
-)
-def test_scale_out_adapters_are_not_available_yet(opener: object, url: str) -> None:
-    with pytest.raises(Invalid, match="adapter not available yet"):
-        opener(url)  # type: ignore[operator]
-
-
-@pytest.mark.parametrize(
-    ("opener", "url"),
-    [
         (open_event_log, "sqlite://data/log.db"),
         (open_event_log, "sqlite:relative.db"),
         (open_event_log, "/abs/log.db"),
