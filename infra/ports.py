@@ -68,7 +68,7 @@ class BlobStore(Protocol):
         """
 
     def get(self, key: str) -> BinaryIO:
-        """A readable stream of the whole blob. Raises NotFound."""
+        """A readable, seekable stream of the whole blob. Raises NotFound."""
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """`length` bytes from `offset`. Raises NotFound / Invalid (out of range)."""

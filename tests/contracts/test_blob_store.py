@@ -146,3 +146,14 @@ class TestBlobStoreContract:
             assert again.put_if_absent("kept/blob", b"other") is False
         finally:
             again.close()
+
+    def test_a_whole_blob_stream_is_seekable(self, blob_store: BlobStore) -> None:
+        data = bytes(range(256)) * 64
+        blob_store.put_if_absent("seekable", data)
+        with blob_store.get("seekable") as stream:
+            assert stream.seekable()
+            stream.seek(1000)
+            assert stream.tell() == 1000
+            assert stream.read(16) == data[1000:1016]
+            stream.seek(10)
+            assert stream.read() == data[10:]
