@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import health, qido, stow, wado
+from api import frames, health, qido, stow, wado
+from api.rendered import router as rendered_router
+from api.wado_uri import router as wado_uri_router
 from api.wiring import Archive
 
 
@@ -28,5 +30,8 @@ def create_app(archive: Archive) -> FastAPI:
     app.include_router(health.router)
     app.include_router(qido.router)
     app.include_router(wado.router)
+    app.include_router(frames.router)
     app.include_router(stow.router)
+    app.include_router(rendered_router)
+    app.include_router(wado_uri_router)
     return app

@@ -63,11 +63,12 @@ VIDEO_TRANSFER_SYNTAXES = frozenset(
 
 # Codecs whose output differs from the stored pixels: the decoded instance must
 # say so (PS3.3 C.7.6.1.1.5), whatever the stored header claimed.
-_LOSSY = frozenset({str(dicom_uid.JPEGBaseline8Bit), str(dicom_uid.JPEGExtended12Bit)})
+LOSSY_JPEG = frozenset({str(dicom_uid.JPEGBaseline8Bit), str(dicom_uid.JPEGExtended12Bit)})
+_LOSSY = LOSSY_JPEG
 
 # JPEG lossy codecs carry their YCbCr transform inside the codestream, so the
 # decoded image is delivered as RGB; lossless codecs keep YBR_FULL bit-exact.
-_AS_RGB = _LOSSY
+_AS_RGB = LOSSY_JPEG
 
 _IMAGECODECS_PLUGIN = "chronicle-imagecodecs"
 _IMAGECODECS_SYNTAXES = (

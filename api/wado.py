@@ -3,7 +3,12 @@
 Instances stream from the blob store in 1 MiB chunks, one at a time, so a
 study never sits in memory. Content negotiation follows the Accept header's
 media ranges in q order; the first one every instance can be served in wins,
-otherwise 406 says why. Endpoints are plain `def`: FastAPI runs them, and
+otherwise 406 says why. A `transfer-syntax` other than the stored one is
+produced by `api.transcode` (lossy ones only when named; video only as
+stored, with transfer-syntax=*). Bulk data: every BulkDataURI of the
+metadata is a byte range of the blob (Range honoured, big endian words
+swapped), except an encapsulated Pixel Data, answered as the instance's
+/pixeldata (`api.frames`). Endpoints are plain `def`: FastAPI runs them, and
 Starlette iterates the streaming bodies, in its thread pool.
 """
 
@@ -14,22 +19,22 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api import pixels
-from api.catalog import InstanceRow, bulk_ranges, list_instances, metadata_bytes
+from api import frames, pixels, transcode
+from api.catalog import InstanceRow, bulk_ranges, load_metadata, metadata_bytes
 from api.deps import ArchiveDep
 from api.negotiation import MediaRange, Refusal, byte_range, parse_accept, related_type
-from api.problems import lagging_headers, problem
-from infra.errors import Invalid, NotFound, Unavailable
+from api.pixel_spec import PixelSpec
+from api.wado_common import REFUSALS, answer, base_url, find_rows, instance_url
+from infra.errors import NotFound, Unavailable
 from infra.ports import BlobStore
 from schemas.dicom_json import absolutize_bulk_uris
 from schemas.dicom_xml import json_to_xml
-from schemas.uids import check_uid
 
 log = logging.getLogger("chronicle.wado")
 router = APIRouter(prefix="/dicomweb")
@@ -40,65 +45,11 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 DICOM_XML = "application/dicom+xml"
 OCTET = "application/octet-stream"
+EXPLICIT = pixels.EXPLICIT_VR_LITTLE_ENDIAN
 _ANY = frozenset({"*/*", "multipart/*"})
 _JSON_TYPES = frozenset({"*/*", "application/*", "application/json", DICOM_JSON})
 _BULK_RANGE = re.compile(r"^([0-9]{1,15})-([0-9]{1,15})$")
 _RELATIVE_BULK = b'"BulkDataURI":"bulkdata/'
-#: Failures answered as problems: NotFound here means a stored object vanished (500).
-_REFUSALS = (Refusal, NotFound, Unavailable)
-
-
-# -- common prelude --------------------------------------------------------------
-
-
-def _rows(
-    archive: ArchiveDep, study: str, series: str | None, instance: str | None
-) -> tuple[list[InstanceRow], dict[str, str]]:
-    """Validate UIDs, wait for read-your-writes, find the instances (or refuse)."""
-    try:
-        study = check_uid(study, "StudyInstanceUID")
-        series = None if series is None else check_uid(series, "SeriesInstanceUID")
-        instance = None if instance is None else check_uid(instance, "SOPInstanceUID")
-    except Invalid as exc:
-        raise Refusal(400, "Bad Request", str(exc)) from exc
-    headers = lagging_headers(archive.read_barrier())
-    try:
-        rows = list_instances(archive.index, study, series, instance)
-    except Unavailable as exc:
-        raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
-    if not rows:
-        level = "instance" if instance else "series" if series else "study"
-        raise Refusal(404, "Not Found", f"no such {level}", headers)
-    return rows, headers
-
-
-def _answer(exc: Exception, headers: dict[str, str] | None = None) -> Response:
-    """The problem response for one of _REFUSALS."""
-    refusal = _as_refusal(exc)
-    extra = {**refusal.headers, **(headers or {})}
-    if refusal.status == 503:
-        extra["Retry-After"] = "5"
-    return problem(refusal.status, refusal.title, refusal.detail, extra or None)
-
-
-def _as_refusal(exc: Exception) -> Refusal:
-    if isinstance(exc, Refusal):
-        return exc
-    if isinstance(exc, NotFound):
-        return Refusal(500, "Internal Server Error", f"stored object missing: {exc}")
-    return Refusal(503, "Service Unavailable", str(exc))
-
-
-def _base_url(archive: ArchiveDep, request: Request) -> str:
-    public: str = archive.settings.public_url
-    return (public or str(request.base_url)).rstrip("/") + "/dicomweb"
-
-
-def instance_url(base: str, row: InstanceRow) -> str:
-    return (
-        f"{base}/studies/{row.study_instance_uid}/series/{row.series_instance_uid}"
-        f"/instances/{row.sop_instance_uid}"
-    )
 
 
 # -- retrieve instances ----------------------------------------------------------
@@ -114,9 +65,9 @@ def dicom_offers(ranges: list[MediaRange], *, single_part: bool) -> list[Offer]:
     """What the client accepts, as (multipart?, transfer syntax), best first."""
     offers: list[Offer] = []
     for media in ranges:
-        ts = media.params.get("transfer-syntax", pixels.EXPLICIT_VR_LITTLE_ENDIAN)
+        ts = media.params.get("transfer-syntax", EXPLICIT)
         if media.media_type in _ANY:
-            offers.append(Offer(True, pixels.EXPLICIT_VR_LITTLE_ENDIAN))
+            offers.append(Offer(True, EXPLICIT))
         elif media.media_type == "multipart/related":
             if related_type(media, DICOM) in (DICOM, "application/*", "*/*"):
                 offers.append(Offer(True, ts))
@@ -125,40 +76,53 @@ def dicom_offers(ranges: list[MediaRange], *, single_part: bool) -> list[Offer]:
     return offers
 
 
-def choose_offer(rows: list[InstanceRow], offers: list[Offer]) -> Offer:
-    """The first offer every instance can be served in, or a 406 naming why not."""
+def choose_offer(
+    rows: list[InstanceRow], offers: list[Offer], blobs: BlobStore | None = None
+) -> Offer:
+    """The first offer every instance can be served in, or a 406 naming why not.
+
+    `blobs` lets the Image Pixel attributes (metadata) refine the answer for
+    encapsulated targets; without it the syntaxes alone decide."""
     if not offers:
         raise Refusal(406, "Not Acceptable", f'retrieve answers multipart/related; type="{DICOM}"')
     first_reason = ""
     for offer in offers:
-        blocker = next((r for r in rows if not _servable(r, offer.transfer_syntax)), None)
+        blocker = next(
+            ((r, why) for r in rows if (why := _refusal(r, offer.transfer_syntax, blobs))), None
+        )
         if blocker is None:
             return offer
-        first_reason = first_reason or (
-            f"instance {blocker.sop_instance_uid}: "
-            + pixels.why_not(blocker.transfer_syntax_uid, offer.transfer_syntax)
-        )
+        first_reason = first_reason or f"instance {blocker[0].sop_instance_uid}: {blocker[1]}"
     raise Refusal(406, "Not Acceptable", first_reason)
 
 
-def _servable(row: InstanceRow, ts: str) -> bool:
-    return ts == AS_STORED or pixels.can_transcode(row.transfer_syntax_uid, ts)
+def _refusal(row: InstanceRow, ts: str, blobs: BlobStore | None) -> str:
+    """Why `row` cannot go out in `ts` ('' when it can); metadata read only when it matters."""
+    if ts in (AS_STORED, row.transfer_syntax_uid):
+        return ""
+    quick = transcode.refusal(row.transfer_syntax_uid, ts, allow_lossy=True)
+    if blobs is None or not transcode.producible(ts) or (not quick and ts == EXPLICIT):
+        return quick
+    spec = PixelSpec.from_metadata(load_metadata(row, blobs))
+    return transcode.refusal(
+        row.transfer_syntax_uid, ts, spec, allow_lossy=True, pixel_data=spec is not None
+    )
 
 
 def _part_body(blobs: BlobStore, row: InstanceRow, ts: str) -> tuple[str, Iterator[bytes]]:
-    """(transfer syntax delivered, body chunks); opens or transcodes eagerly so errors surface."""
+    """(transfer syntax delivered, body chunks); opens or transcodes eagerly so errors surface.
+
+    Explicitly named lossy syntaxes were asked for: `allow_lossy` (PS3.18 8.7.3)."""
     if ts in (AS_STORED, row.transfer_syntax_uid):
         return row.transfer_syntax_uid, _stream_chunks(blobs.get(row.blob_key))
-    stream = blobs.get(row.blob_key)
+    stored = b"".join(_stream_chunks(blobs.get(row.blob_key)))
     try:
-        body = pixels.to_explicit_le(stream)
+        body = transcode.transcode(stored, ts, allow_lossy=True)
     except pixels.TranscodeUnsupported as exc:
         # Checked before streaming; only a corrupt stream gets here. The part
         # header stays truthful: the stored bytes in their own syntax.
         log.warning("serving %s as stored: %s", row.sop_instance_uid, exc.reason)
-        return row.transfer_syntax_uid, _stream_chunks(blobs.get(row.blob_key))
-    finally:
-        stream.close()
+        return row.transfer_syntax_uid, _bytes_chunks(stored)
     return ts, _bytes_chunks(body)
 
 
@@ -205,11 +169,11 @@ def _retrieve(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        rows, headers = _rows(archive, study, series, instance)
+        rows, headers = find_rows(archive, study, series, instance)
         offers = dicom_offers(
             parse_accept(request.headers.get("accept")), single_part=bool(instance)
         )
-        offer = choose_offer(rows, offers)
+        offer = choose_offer(rows, offers, archive.blobs)
         if not offer.multipart:
             delivered, chunks = _part_body(archive.blobs, rows[0], offer.transfer_syntax)
             media = f"{DICOM}; transfer-syntax={delivered}"
@@ -217,9 +181,9 @@ def _retrieve(
         boundary, ts = uuid.uuid4().hex, offer.transfer_syntax
         # The first part opens before the headers go, so its failure is still a status.
         first = _part_body(archive.blobs, rows[0], ts)
-        body = _parts(archive.blobs, rows, ts, _base_url(archive, request), boundary, first)
-    except _REFUSALS as exc:
-        return _answer(exc, headers)
+        body = _parts(archive.blobs, rows, ts, base_url(archive, request), boundary, first)
+    except REFUSALS as exc:
+        return answer(exc, headers)
     media = f'multipart/related; type="{DICOM}"; boundary={boundary}'
     return StreamingResponse(body, media_type=media, headers=headers)
 
@@ -277,15 +241,15 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        rows, headers = _rows(archive, study, series, instance)
+        rows, headers = find_rows(archive, study, series, instance)
         chosen = metadata_format(parse_accept(request.headers.get("accept")))
-        base = _base_url(archive, request)
+        base = base_url(archive, request)
         documents = [
             absolute_metadata(metadata_bytes(row, archive.blobs), instance_url(base, row))
             for row in rows
         ]
-    except _REFUSALS as exc:
-        return _answer(exc, headers)
+    except REFUSALS as exc:
+        return answer(exc, headers)
     if chosen == DICOM_JSON:
         body = b"[" + b",".join(documents) + b"]"
         return Response(body, media_type=DICOM_JSON, headers=headers)
@@ -363,7 +327,7 @@ def retrieve_bulkdata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        rows, headers = _rows(archive, study, series, instance)
+        rows, headers = find_rows(archive, study, series, instance)
         row = rows[0]
         match = _BULK_RANGE.match(span)
         if not match:
@@ -373,6 +337,8 @@ def retrieve_bulkdata(
         vr = bulk_ranges(meta, row.frames).get((offset, length))
         if vr is None:
             raise Refusal(404, "Not Found", f"no bulk data {span} in this instance")
+        if _encapsulated_pixels(meta, span, row):
+            return frames.pixel_data_response(archive, request, rows, headers, instance=True)
         bulk = _Bulk(
             archive.blobs, row, offset, pixels.big_endian_width(row.transfer_syntax_uid, vr)
         )
@@ -380,8 +346,8 @@ def retrieve_bulkdata(
         if multipart:
             return _bulk_multipart(archive, request, bulk, length, headers)
         window = byte_range(request.headers.get("range"), length)
-    except _REFUSALS as exc:
-        return _answer(exc, headers)
+    except REFUSALS as exc:
+        return answer(exc, headers)
     headers["Accept-Ranges"] = "bytes"
     start, end = window or (0, length)
     headers["Content-Length"] = str(end - start)
@@ -392,11 +358,18 @@ def retrieve_bulkdata(
     return StreamingResponse(chunks, status_code=206, media_type=OCTET, headers=headers)
 
 
+def _encapsulated_pixels(meta: dict[str, Any], span: str, row: InstanceRow) -> bool:
+    """The Pixel Data BulkDataURI of compressed pixels: served as /pixeldata is."""
+    pixel_uri = (meta.get("7FE00010") or {}).get("BulkDataURI")
+    native = row.transfer_syntax_uid in pixels.NATIVE_TRANSFER_SYNTAXES
+    return pixel_uri == f"bulkdata/{span}" and not native
+
+
 def _bulk_multipart(
     archive: ArchiveDep, request: Request, bulk: _Bulk, length: int, headers: dict[str, str]
 ) -> Response:
     boundary = uuid.uuid4().hex
-    url = instance_url(_base_url(archive, request), bulk.row)
+    url = instance_url(base_url(archive, request), bulk.row)
     location = f"{url}/bulkdata/{bulk.offset}-{length}"
     head = (
         f"--{boundary}\r\nContent-Type: {OCTET}\r\nContent-Location: {location}\r\n\r\n"

@@ -18,7 +18,9 @@ then gets Explicit VR LE, which every decodable instance can be sent in;
 a requestor wanting compressed instances as stored proposes that syntax in a
 context of its own (one accepted syntax per context), and gets it there.
 Instances go out as stored when the requestor accepted that syntax for their
-SOP class, else decoded to Explicit or Implicit VR LE (`retrieve.choose_delivery`).
+SOP class, else decoded to Explicit or Implicit VR LE, else (a context that
+offered only compressed syntaxes) transcoded to the lossless syntax accepted
+there (`api.dimse.delivery.choose_delivery`; never lossy).
 
 Accounting and responses are C-MOVE's (api/dimse/move.py, `perform`): a
 Pending C-GET-RSP after each sub-operation, C-CANCEL, 0x0000 / 0xB000 /

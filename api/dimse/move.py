@@ -5,7 +5,9 @@ CHRONICLE_REMOTE_AES, the config file): its title gives the address, else
 0xA801. The instances are resolved once (`retrieve.plan_retrieve`, after the
 read-your-writes barrier) and sent over ONE association to the destination
 (`api.dimse.peer.PeerAssociation`), proposing per SOP class the stored
-syntax and Explicit + Implicit VR LE (`retrieve.storage_contexts`); each C-STORE carries
+syntax, Explicit + Implicit VR LE and the lossless syntaxes Chronicle
+transcodes to (`api.dimse.delivery`: as stored, else uncompressed, else
+transcoded losslessly, never lossy); each C-STORE carries
 Move Originator AE Title (the requestor's) and Move Originator Message ID.
 A failed sub-operation does not stop the rest.
 

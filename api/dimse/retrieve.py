@@ -12,19 +12,11 @@ the catalog (`api.catalog.list_instances`, one query per UID); anything else
 IMAGE-level relational query of the engine for the instances' UIDs, then
 the catalog. At most 65535 sub-operations: the response counts are US.
 
-Presentation contexts (`storage_contexts`), PS3.4 C.4.2.3 and the seed
-statement: per SOP class found, one context offering Explicit VR LE and
-Implicit VR LE (the stored one first when it is one of them), and one
-context per other stored transfer syntax (JPEG-LS, JPEG 2000, RLE, Big
-Endian, Deflated...), at most 128 in all. Uncompressed contexts come first:
-every SOP class stays deliverable when the budget runs out.
-
-Delivery (`choose_delivery`): as stored when the peer accepted the stored
-syntax; else decoded to Explicit VR LE (`api.pixels.to_explicit_le`,
-pixel-exact for lossless sources); else Implicit VR LE (the same, re-encoded
-by pydicom); else the sub-operation fails. `part10_file` gives the file that
+Presentation contexts and the as-stored / decoded / transcoded choice:
+`api.dimse.delivery` (re-exported here). `part10_file` gives the file that
 goes out: the blob's own file when the blob store has one, else a spooled
-copy or the converted bytes, in `<data_dir>/outgoing`, removed afterwards.
+copy or the converted bytes (`api.transcode`), in `<data_dir>/outgoing`,
+removed afterwards.
 C-MOVE and `chronicle send` send it with `api.dimse.peer.PeerAssociation`, C-GET
 with pynetdicom (api/dimse/get.py).
 """
@@ -39,26 +31,28 @@ import os
 import shutil
 import socket
 import tempfile
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import build_context
-from pynetdicom.presentation import PresentationContext
 
-from api import catalog, matching, pixels
+from api import catalog, matching, pixels, transcode
 from api.catalog import InstanceRow
 from api.query_model import Level
 from infra.errors import Invalid, Unavailable
 from infra.ports import BlobStore, ProjectionStore
 from infra.settings import Settings
 
+from .delivery import MAX_CONTEXTS as MAX_CONTEXTS
+from .delivery import TRANSCODE_TARGETS as TRANSCODE_TARGETS
+from .delivery import Delivery as Delivery
+from .delivery import choose_delivery as choose_delivery
+from .delivery import delivered_syntax as delivered_syntax
+from .delivery import storage_contexts as storage_contexts
 from .find import QueryOptions, negotiate_options
 from .store import CANNOT_UNDERSTAND, failure, is_failure_status
 
@@ -82,7 +76,6 @@ UNABLE_TO_CALCULATE_MATCHES = 0xA701
 IDENTIFIER_MISMATCH = 0xA900
 #: Number of Remaining/Completed/... Sub-operations are US.
 MAX_SUBOPERATIONS = 65535
-MAX_CONTEXTS = 128
 EXPLICIT = pixels.EXPLICIT_VR_LITTLE_ENDIAN
 IMPLICIT = pixels.IMPLICIT_VR_LITTLE_ENDIAN
 SPOOL_CHUNK = 1024 * 1024
@@ -289,53 +282,7 @@ def on_sop_extended(event: Any) -> dict[Any, bytes]:
     return {**negotiate_options(event.app_info), **negotiate_retrieve_options(event.app_info)}
 
 
-def storage_contexts(items: Iterable[Outgoing]) -> list[PresentationContext]:
-    """The contexts to propose for `items` (see the module doc), at most 128."""
-    per_class: dict[str, Counter[str]] = {}
-    for item in items:
-        per_class.setdefault(item.sop_class_uid, Counter())[item.transfer_syntax_uid] += 1
-    ranked = sorted(per_class.items(), key=lambda entry: -sum(entry[1].values()))
-    contexts = [build_context(sop, _uncompressed_order(found)) for sop, found in ranked]
-    others = [
-        (count, sop, ts)
-        for sop, found in ranked
-        for ts, count in found.items()
-        if ts not in (EXPLICIT, IMPLICIT)
-    ]
-    for _, sop, ts in sorted(others, key=lambda entry: -entry[0]):
-        contexts.append(build_context(sop, [ts]))
-    return contexts[:MAX_CONTEXTS]
-
-
-def _uncompressed_order(found: Counter[str]) -> list[str]:
-    return [IMPLICIT, EXPLICIT] if found[IMPLICIT] > found[EXPLICIT] else [EXPLICIT, IMPLICIT]
-
-
 # -- how to send -------------------------------------------------------------------
-
-
-class Delivery(Enum):
-    AS_STORED = "as stored"
-    EXPLICIT_LE = "decoded to Explicit VR Little Endian"
-    IMPLICIT_LE = "decoded to Implicit VR Little Endian"
-
-
-def delivered_syntax(delivery: Delivery, stored: str) -> str:
-    """The transfer syntax an instance goes out in."""
-    if delivery is Delivery.AS_STORED:
-        return stored
-    return EXPLICIT if delivery is Delivery.EXPLICIT_LE else IMPLICIT
-
-
-def choose_delivery(stored: str, accepted: Collection[str]) -> Delivery | None:
-    """How to send an instance stored in `stored` when the peer accepted `accepted`."""
-    if stored in accepted:
-        return Delivery.AS_STORED
-    if EXPLICIT in accepted:
-        return Delivery.EXPLICIT_LE
-    if IMPLICIT in accepted:
-        return Delivery.IMPLICIT_LE
-    return None
 
 
 class SubOperationFailed(Exception):
@@ -364,7 +311,7 @@ def part10_file(item: Outgoing, delivery: Delivery, spool: Path) -> Iterator[Par
     stored from a file blob store), else a spooled copy or the converted bytes."""
     stream = item.open()
     try:
-        if delivery is Delivery.AS_STORED:
+        if not delivery.target:
             if _is_local_file(stream):
                 yield Part10File(stream.name, stream)  # type: ignore[arg-type]
                 return
@@ -372,9 +319,8 @@ def part10_file(item: Outgoing, delivery: Delivery, spool: Path) -> Iterator[Par
                 yield part
             return
         try:
-            data = pixels.to_explicit_le(stream)
-            if delivery is Delivery.IMPLICIT_LE:
-                data = pixels.to_implicit_le(data)
+            stored = b"".join(iter(lambda: stream.read(SPOOL_CHUNK), b""))
+            data = transcode.transcode(stored, delivery.target)
         except pixels.TranscodeUnsupported as exc:
             raise SubOperationFailed(exc.reason) from exc
     finally:

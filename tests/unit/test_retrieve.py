@@ -25,6 +25,7 @@ from api.dimse.retrieve import (
     PATIENT_ROOT_MOVE,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
+    TRANSCODE_TARGETS,
     Delivery,
     Outgoing,
     SubOperationFailed,
@@ -45,6 +46,7 @@ MR = "1.2.840.10008.5.1.4.1.1.4"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 J2K = "1.2.840.10008.1.2.4.90"
 RLE = "1.2.840.10008.1.2.5"
+MPEG2 = "1.2.840.10008.1.2.4.100"
 
 
 def _identifier(**keys: str) -> Dataset:
@@ -195,8 +197,9 @@ def test_each_sop_class_gets_uncompressed_and_each_stored_syntax_its_own_context
 
     contexts = _by_class(storage_contexts(items))
 
-    assert contexts[CT] == [[EXPLICIT, IMPLICIT], [JPEG_LS]]
-    assert contexts[MR] == [[IMPLICIT, EXPLICIT]]  # the stored one first
+    transcoding = list(TRANSCODE_TARGETS)  # lossless targets, after the stored ones
+    assert contexts[CT] == [[EXPLICIT, IMPLICIT], [JPEG_LS], transcoding]
+    assert contexts[MR] == [[IMPLICIT, EXPLICIT], transcoding]  # the stored one first
 
 
 def test_uncompressed_contexts_come_first_when_the_budget_runs_out() -> None:
@@ -225,11 +228,13 @@ def test_contexts_cover_what_fits_in_128(pairs: list[tuple[str, str]]) -> None:
         # Every SOP class can always go out uncompressed.
         assert all(sorted(offered[sop][0]) == sorted([EXPLICIT, IMPLICIT]) for sop in sop_classes)
     for sop, lists in offered.items():
-        assert all(len(ts) == 1 and (sop, ts[0]) in pairs for ts in lists[1:])
-    if len(sop_classes) + len({p for p in pairs if p[1] not in (EXPLICIT, IMPLICIT)}) <= 128:
-        assert len(contexts) == len(sop_classes) + len(
-            {p for p in pairs if p[1] not in (EXPLICIT, IMPLICIT)}
-        )
+        stored = [ts for ts in lists[1:] if ts != list(TRANSCODE_TARGETS)]
+        assert all(len(ts) == 1 and (sop, ts[0]) in pairs for ts in stored)
+        # The transcoding context comes last, after every stored syntax.
+        assert list(TRANSCODE_TARGETS) not in lists[:-1]
+    compressed = {p for p in pairs if p[1] not in (EXPLICIT, IMPLICIT)}
+    if 2 * len(sop_classes) + len(compressed) <= 128:
+        assert len(contexts) == 2 * len(sop_classes) + len(compressed)
 
 
 # -- delivery --------------------------------------------------------------------
@@ -243,14 +248,17 @@ def test_contexts_cover_what_fits_in_128(pairs: list[tuple[str, str]]) -> None:
         (JPEG_LS, {IMPLICIT}, Delivery.IMPLICIT_LE),
         (EXPLICIT, {IMPLICIT}, Delivery.IMPLICIT_LE),
         (IMPLICIT, {EXPLICIT, IMPLICIT}, Delivery.AS_STORED),
-        (JPEG_LS, {J2K}, None),
+        (JPEG_LS, {J2K}, Delivery(J2K)),  # lossless to lossless: transcoded
+        (JPEG_LS, {J2K, RLE}, Delivery(J2K)),  # the first of TRANSCODE_TARGETS
+        (JPEG_LS, {"1.2.840.10008.1.2.4.50"}, None),  # never lossy over DIMSE
+        (MPEG2, {J2K}, None),  # video: as stored only
         (JPEG_LS, set(), None),
     ],
 )
 def test_delivery_prefers_the_stored_syntax_then_explicit_then_implicit(
     stored: str, accepted: set[str], expected: Delivery | None
 ) -> None:
-    assert choose_delivery(stored, accepted) is expected
+    assert choose_delivery(stored, accepted) == expected
 
 
 def test_a_blob_file_goes_out_as_it_is(tmp_path: Path) -> None:
@@ -309,4 +317,5 @@ def test_contexts_count_instances_per_class() -> None:
     first = storage_contexts(items)[0]
 
     assert str(first.abstract_syntax) == CT  # busiest class first
-    assert Counter(str(cx.abstract_syntax) for cx in storage_contexts(items)) == {CT: 1, MR: 1}
+    # Each class: uncompressed, then the transcoding context.
+    assert Counter(str(cx.abstract_syntax) for cx in storage_contexts(items)) == {CT: 2, MR: 2}

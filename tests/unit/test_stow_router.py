@@ -308,8 +308,6 @@ def test_bad_study_uid_in_path_is_400(client: TestClient, archive: FakeArchive) 
     ("content_type", "detail"),
     [
         ("application/dicom", "multipart/related"),
-        ("multipart/related; type=application/dicom+json; boundary=x", "not supported yet"),
-        ('multipart/related; type="application/dicom+xml"; boundary=x', "not supported yet"),
         ("multipart/related; type=image/jpeg; boundary=x", "image/jpeg"),
     ],
 )

@@ -288,12 +288,21 @@ def test_explicit_transfer_syntax_negotiation(client: TestClient) -> None:
     rle = f'multipart/related; type="application/dicom"; transfer-syntax={RLE}'
     one = client.get(_url(f"{SERIES_B}.1"), headers={"Accept": rle})
     assert parts(one)[0][1] == BY_SOP[f"{SERIES_B}.1"].blob
-    refused = client.get(f"/dicomweb/studies/{STUDY}", headers={"Accept": rle})
+    # The others are transcoded to RLE (api.transcode), pixel-exact.
+    transcoded = parts(client.get(f"/dicomweb/studies/{STUDY}", headers={"Accept": rle}))
+    delivered = {h["content-type"] for h, _ in transcoded}
+    assert delivered == {f"application/dicom; transfer-syntax={RLE}"}
+    for _, body in transcoded:
+        ds = dcmread(io.BytesIO(body))
+        assert ds.file_meta.TransferSyntaxUID == RLE
+        assert np.array_equal(ds.pixel_array, BY_SOP[str(ds.SOPInstanceUID)].pixels)
+    jpx = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.92'
+    refused = client.get(f"/dicomweb/studies/{STUDY}", headers={"Accept": jpx})
     assert refused.status_code == 406
     assert refused.headers["content-type"] == "application/problem+json"
-    assert RLE in refused.json()["detail"]
+    assert "1.2.840.10008.1.2.4.92" in refused.json()["detail"]
     # q-values: the preferred range cannot be met, the next one can.
-    ranked = f"{rle}; q=0.9, {DICOM_ALL}; q=0.4, application/json"
+    ranked = f"{jpx}; q=0.9, {DICOM_ALL}; q=0.4, application/json"
     chosen = client.get(f"/dicomweb/studies/{STUDY}", headers={"Accept": ranked})
     assert [h["content-type"].split("=")[-1] for h, _ in parts(chosen)] == [
         EXPLICIT, EXPLICIT, RLE, IMPLICIT
