@@ -48,6 +48,9 @@ class FileBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Folders known to exist (and fsynced into their parents): blob folders are
+        # never removed, so a folder seen once saves its stat on every later put.
+        self._folders: set[Path] = set()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -60,13 +63,13 @@ class FileBlobStore:
 
     def put_if_absent(self, key: str, source: BinaryIO | bytes) -> bool:
         path = self._path(key)
-        if path.is_dir():
-            raise Conflict(f"blob key {key} names a folder of other blobs")
         temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            if path.is_file():
+            if path.parent in self._folders and os.path.isfile(path):
                 stored = False
             else:
+                if path.is_dir():
+                    raise Conflict(f"blob key {key} names a folder of other blobs")
                 self._make_dirs(path.parent)
                 _write_synced(temp, source)
                 stored = _link_if_absent(temp, path)
@@ -88,16 +91,19 @@ class FileBlobStore:
 
     def _make_dirs(self, directory: Path) -> None:
         # Each new directory's entry must itself be fsynced in its parent.
+        if directory in self._folders:
+            return
+        target = directory
         missing: list[Path] = []
         while directory != self.root and not directory.is_dir():
             missing.append(directory)
             directory = directory.parent
         for new in reversed(missing):
-            try:
+            # Made by another writer meanwhile: its fsync of the parent may not have run yet.
+            with contextlib.suppress(FileExistsError):
                 new.mkdir()
-            except FileExistsError:
-                continue
             _fsync_dir(new.parent)
+        self._folders.add(target)
 
     # -- read -------------------------------------------------------------------
 
