@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -65,6 +66,10 @@ class Part10Store(Protocol):
         self, path: Path, *, source: Source, expected_study_uid: str | None = None
     ) -> StoreOutcomeLike: ...
 
+    def store_part10_files(
+        self, paths: Sequence[Path], *, source: Source, expected_study_uid: str | None = None
+    ) -> Sequence[StoreOutcomeLike | Exception]: ...
+
 
 class StowArchive(Protocol):
     """What STOW needs of `api.wiring.Archive`."""
@@ -115,7 +120,7 @@ async def _store(request: Request, study: str | None) -> Response:
                 base = _request_url(request, settings)
                 results = await _store_metadata_request(storer, parts, kind, base)
             else:
-                results = [await storer.part10(part, n) for n, part in enumerate(parts, start=1)]
+                results = await storer.part10_request(parts)
     except BodyTooLarge as exc:
         return problem(413, "Content Too Large", str(exc))
     except Invalid as exc:
@@ -217,6 +222,57 @@ class _Storer:
             return _logged(await self._store_file(part.path, name), name)
         finally:
             part.path.unlink(missing_ok=True)
+
+    async def part10_request(self, parts: list[Part]) -> list[Result]:
+        """Every part of an application/dicom request, stored as one batch: blobs
+        made durable several at a time, then all events in one log commit."""
+        results: list[Result | None] = []
+        batch: list[tuple[int, Part]] = []
+        try:
+            for number, part in enumerate(parts, start=1):
+                media_type, _ = parse_content_type(part.content_type)
+                refused = None
+                if media_type not in _PART10_TYPES:
+                    refused = f"part {number} is {media_type}, not {PART10}"
+                elif part.size == 0:
+                    refused = f"part {number} is empty"
+                if refused is not None:
+                    results.append(_logged(Failed(CANNOT_UNDERSTAND, refused), f"part {number}"))
+                else:
+                    results.append(None)
+                    batch.append((number, part))
+            for (number, _), result in zip(batch, await self._store_batch(batch), strict=True):
+                results[number - 1] = _logged(result, f"part {number}")
+        finally:
+            for part in parts:
+                part.path.unlink(missing_ok=True)
+        return [r for r in results if r is not None]
+
+    async def _store_batch(self, batch: list[tuple[int, Part]]) -> list[Result]:
+        paths = [part.path for _, part in batch]
+        if not paths:
+            return []
+        try:
+            outcomes = await run_in_threadpool(
+                self._ingest.store_part10_files,
+                paths,
+                source=self._source,
+                expected_study_uid=self._study,
+            )
+        except Exception as exc:  # the disk floor, checked once for the request
+            outcomes = [exc] * len(paths)
+        return [await self._result(path, out) for path, out in zip(paths, outcomes, strict=True)]
+
+    async def _result(self, path: Path, outcome: StoreOutcomeLike | Exception) -> Result:
+        if isinstance(outcome, Unavailable):
+            self._down = await _failed(path, OUT_OF_RESOURCES, str(outcome), unavailable=True)
+            return self._down
+        if isinstance(outcome, Invalid):
+            return await _failed(path, outcome.status, str(outcome))
+        if isinstance(outcome, Exception):
+            log.error("STOW %s: unexpected failure while storing", path.name, exc_info=outcome)
+            return await _failed(path, PROCESSING_FAILURE, "processing failure")
+        return Stored(outcome.event, warning_reason(outcome))
 
     async def instance(self, instance: MetadataInstance, bulk: BulkParts, spool: Path) -> Result:
         """An instance of a metadata request, assembled into a Part-10 file first."""

@@ -12,7 +12,8 @@ import io
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +52,19 @@ class StoreOutcome:
     #: no second blob was written; the event still records this receipt.
     duplicate: bool
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """An instance whose blob is durable and whose event awaits its append."""
+
+    event: InstanceStored
+    envelope: Envelope
+    duplicate: bool
+    warnings: list[str]
+
+    def outcome(self, position: tuple[int, int]) -> StoreOutcome:
+        return StoreOutcome(self.event, position, duplicate=self.duplicate, warnings=self.warnings)
 
 
 class _Part10Reader(io.RawIOBase):
@@ -174,9 +188,59 @@ class IngestService:
         path = self._space_path or Path(".")
         return shutil.disk_usage(path).free if path.exists() else 1 << 62
 
+    def store_part10_files(
+        self,
+        paths: Sequence[Path],
+        *,
+        source: Source,
+        expected_study_uid: str | None = None,
+        parallel: int = 4,
+    ) -> list[StoreOutcome | Exception]:
+        """Several Part-10 files (one STOW-RS request), each in its place in the answer.
+
+        Each file is validated and its blob made durable on its own, several at a
+        time (their fsync waits overlap); then the events of every file that got
+        that far are appended in one batch, in the given order: one log commit for
+        the request, and log order = part order. A file that fails gets its error;
+        when the append fails, every file that waited for it gets that error.
+        """
+        self.check_space()
+
+        def prepare(path: Path) -> _Prepared | Exception:
+            try:
+                parsed = parse_part10(path, default_charset=self._charset)
+                return self._prepare(parsed, path, source, expected_study_uid)
+            except Exception as exc:  # the caller reports each file's own error
+                return exc
+
+        workers = max(1, min(parallel, len(paths)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            prepared = list(pool.map(prepare, paths))
+        results: list[StoreOutcome | Exception] = list(prepared)  # type: ignore[arg-type]
+        ready = [(i, item) for i, item in enumerate(prepared) if isinstance(item, _Prepared)]
+        if not ready:
+            return results
+        try:
+            positions = self._append([item.envelope for _, item in ready])
+        except ChronicleError as exc:
+            for i, _ in ready:
+                results[i] = exc
+            return results
+        for (i, item), position in zip(ready, positions, strict=True):
+            results[i] = item.outcome(position)
+        return results
+
     def _keep(
         self, parsed: ParsedInstance, path: Path, source: Source, expected_study: str | None
     ) -> StoreOutcome:
+        prepared = self._prepare(parsed, path, source, expected_study)
+        [position] = self._append([prepared.envelope])
+        return prepared.outcome(position)
+
+    def _prepare(
+        self, parsed: ParsedInstance, path: Path, source: Source, expected_study: str | None
+    ) -> _Prepared:
+        """Validate, make the blob durable, build the event (not yet appended)."""
         if expected_study is not None and parsed.study_instance_uid != expected_study:
             raise Invalid(
                 f"instance {parsed.sop_instance_uid} belongs to study "
@@ -192,23 +256,21 @@ class IngestService:
         envelope = Envelope.of(
             event, key=event.study_instance_uid, site=self._site, node=self._node
         )
+        warnings = list(parsed.warnings)
+        if not written:
+            warnings.append("duplicate: identical instance already kept")
+        return _Prepared(event, envelope, not written, warnings)
+
+    def _append(self, envelopes: list[Envelope]) -> list[tuple[int, int]]:
         try:
-            [position] = self._log.append([(envelope.key, codec.encode(envelope))])
+            positions = self._log.append([(e.key, codec.encode(e)) for e in envelopes])
         except ChronicleError:
             raise
         except Exception as exc:  # a driver error that escaped its adapter
             raise Unavailable(f"event log append failed: {exc}") from exc
-        log.debug(
-            "stored %s from %s%s at %s",
-            event.sop_instance_uid,
-            source.protocol,
-            f" {source.calling_ae}" if source.calling_ae else "",
-            position,
-        )
-        warnings = list(parsed.warnings)
-        if not written:
-            warnings.append("duplicate: identical instance already kept")
-        return StoreOutcome(event, position, duplicate=not written, warnings=warnings)
+        for envelope, position in zip(envelopes, positions, strict=True):
+            log.debug("stored %s at %s", envelope.key, position)
+        return positions
 
     def _write_blob(self, parsed: ParsedInstance, path: Path) -> tuple[BlobRef, bool]:
         key = instance_blob_key(parsed.dataset_sha256)

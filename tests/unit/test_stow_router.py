@@ -101,6 +101,29 @@ class FakeIngest:
         )
         return Outcome(event, sop in self.duplicates, self.warnings.get(sop, []))
 
+    def store_part10_files(
+        self, paths: list[Path], *, source: Source, expected_study_uid: str | None = None
+    ) -> list[Outcome | Exception]:
+        """As the service does for an outage: once storage is unavailable, every
+        file not yet stored gets that error."""
+        results: list[Outcome | Exception] = []
+        down: Unavailable | None = None
+        for path in paths:
+            if down is not None:
+                results.append(down)
+                continue
+            try:
+                outcome = self.store_part10_file(
+                    path, source=source, expected_study_uid=expected_study_uid
+                )
+                results.append(outcome)
+            except Unavailable as exc:
+                down = exc
+                results.append(exc)
+            except Exception as exc:
+                results.append(exc)
+        return results
+
 
 @dataclass
 class FakeArchive:

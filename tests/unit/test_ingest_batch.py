@@ -1,0 +1,71 @@
+"""A STOW request's files: blobs first, then one batch append in part order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from infra.errors import Invalid, Unavailable
+from infra.factory import open_blob_store, open_event_log
+from ingest.service import IngestService, StoreOutcome
+from schemas import codec
+from schemas.events import Source
+from tests.support import make_ct, write_part10
+
+STOW = Source("STOW", calling_ae="", called_ae="", peer="127.0.0.1")
+
+
+def _files(tmp_path: Path, count: int) -> list[Path]:
+    return [write_part10(make_ct(rows=8, cols=8), tmp_path / f"{i}.dcm") for i in range(count)]
+
+
+def test_files_are_appended_in_part_order_and_a_bad_one_fails_alone(tmp_path: Path) -> None:
+    log = open_event_log(f"sqlite://{tmp_path / 'log.db'}")
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    paths = _files(tmp_path, 4)
+    paths[2].write_bytes(b"not DICOM at all")
+    try:
+        results = IngestService(log, blobs).store_part10_files(paths, source=STOW)
+        assert isinstance(results[2], Invalid)
+        stored = [r for r in results if isinstance(r, StoreOutcome)]
+        assert len(stored) == 3
+        assert [r.position for r in stored] == [(0, 0), (0, 1), (0, 2)]
+        records = log.read({0: 0})
+        uids = [codec.decode(r.value).payload.sop_instance_uid for r in records]
+        assert uids == [r.event.sop_instance_uid for r in stored]
+        assert all(blobs.exists(r.event.blob.key) for r in stored)
+    finally:
+        log.close()
+        blobs.close()
+
+
+class _DownLog:
+    def append(self, records: Sequence[tuple[str, bytes]]) -> list[tuple[int, int]]:
+        raise Unavailable("log down")
+
+    def read(self, start: object, max_records: int = 1000) -> list[object]:
+        return []
+
+    def end(self) -> dict[int, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failed_append_fails_every_file_that_waited_for_it(tmp_path: Path) -> None:
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    paths = _files(tmp_path, 3)
+    results = IngestService(_DownLog(), blobs).store_part10_files(paths, source=STOW)  # type: ignore[arg-type]
+    assert all(isinstance(r, Unavailable) for r in results)
+    blobs.close()
+
+
+def test_the_disk_floor_refuses_the_whole_request(tmp_path: Path) -> None:
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    service = IngestService(_DownLog(), blobs, min_free_bytes=10, free_bytes=lambda: 1)  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
+        service.store_part10_files(_files(tmp_path, 2), source=STOW)
+    blobs.close()
