@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from api import commands, print_cli, scu
+from api import commands, conflicts_cli, print_cli, scu
 from infra.errors import ChronicleError
 from infra.settings import Settings, load_settings
 
@@ -34,6 +34,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 SUBCOMMANDS: list[Callable[[Any, Callable[[argparse.ArgumentParser], None]], None]] = [
     print_cli.add_parser,
     scu.add_parsers,
+    conflicts_cli.add_parser,
 ]
 
 
@@ -70,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="front-end processes sharing the DIMSE and HTTP ports (default 1; one per core "
         "gives the best ingest throughput)",
+    )
+    serve.add_argument(
+        "--role",
+        action="append",
+        dest="roles",
+        metavar="ROLE[,ROLE]",
+        help="what this process runs: ingest, projector, api, comma-separated or repeated "
+        "(default all three; env CHRONICLE_ROLES)",
     )
 
     imp = sub.add_parser("import", help="bulk-load DICOM files and folders")

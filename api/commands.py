@@ -11,31 +11,39 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from api import importer, workers
+from api.roles import API, INGEST, PROJECTOR, check_roles, describe
 from api.wiring import Archive, open_archive
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.settings import Settings
 from projections.replay import replay
 
+if TYPE_CHECKING:
+    from api.dimse.server import DimseServer
+
 log = logging.getLogger("chronicle")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    owner_url = os.environ.get(workers.OWNER_URL_ENV)
-    if owner_url:
+    check_roles(settings)
+    if workers.is_worker():
+        owner_url = os.environ.get(workers.OWNER_URL_ENV) or None
         token = os.environ.get(workers.TOKEN_ENV, "")
         archive = workers.open_worker_archive(settings, owner_url, token)
-        return _serve_front_ends(archive, role="worker")
-    archive = open_archive(settings)
+        return _serve_front_ends(archive, process="worker")
+    archive = open_archive(settings, roles=settings.roles)
     pool = workers.WorkerPool()
     try:
-        if settings.workers > 1:
-            pool.start_internal(archive)
-            pool.spawn(settings.workers - 1, sys.argv[1:])
-        return _serve_front_ends(archive, role="owner")
+        extra = workers.worker_count(settings)
+        if extra:
+            if workers.needs_owner_endpoint(settings):
+                pool.start_internal(archive)
+            pool.spawn(extra, sys.argv[1:])
+        return _serve_front_ends(archive, process="owner")
     finally:
         _exit_if_stuck(SHUTDOWN_SECONDS)
         pool.stop()
@@ -88,38 +96,53 @@ class _Server:
         Quiet(config).run(sockets=sockets)  # type: ignore[arg-type]
 
 
-def _serve_front_ends(archive: Archive, *, role: str) -> int:
-    """DIMSE and DICOMweb on SO_REUSEPORT sockets shared with sibling processes."""
+def _serve_front_ends(archive: Archive, *, process: str) -> int:
+    """DIMSE and DICOMweb on SO_REUSEPORT sockets shared with sibling processes.
+
+    Which services each serves follows the process's roles: DIMSE storage for
+    ingest, DIMSE query/retrieve/commitment for api, none for a projector alone.
+    """
     import uvicorn
 
     from api.app import create_app
-    from api.dimse.server import start_dimse
 
     settings = archive.settings
-    dimse = start_dimse(archive, reuse_port=True)
+    dimse = _start_dimse(archive)
     http_socket = workers.reuse_port_socket(settings.http_host, settings.http_port)
-    log.info(
-        "Chronicle %s (pid %d): DICOMweb http://%s:%d/dicomweb, DIMSE %s on %s:%d",
-        role,
-        os.getpid(),
-        settings.http_host,
-        settings.http_port,
-        settings.ae_title,
-        settings.dimse_host,
-        settings.dimse_port,
-    )
+    log.info("%s", startup_line(archive, process, dimse is not None))
     try:
         config = uvicorn.Config(
             create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
         _Server.run(config, [http_socket])
     finally:
-        if role == "worker":
+        if process == "worker":
             _exit_if_stuck(SHUTDOWN_SECONDS / 2)
-        dimse.stop()
-        if role == "worker":
+        if dimse is not None:
+            dimse.stop()
+        if process == "worker":
             archive.close()
     return 0
+
+
+def _start_dimse(archive: Archive) -> DimseServer | None:
+    from api.dimse.server import start_dimse
+
+    storage, query = INGEST in archive.roles, API in archive.roles
+    if not (storage or query):
+        return None
+    return start_dimse(archive, reuse_port=True, storage=storage, query=query)
+
+
+def startup_line(archive: Archive, process: str, with_dimse: bool) -> str:
+    """What this process serves, roles first: the line operators grep for."""
+    settings = archive.settings
+    http = f"http://{settings.http_host}:{settings.http_port}"
+    served = [f"DICOMweb {http}/dicomweb" if archive.roles - {PROJECTOR} else f"health {http}"]
+    if with_dimse:
+        served.append(f"DIMSE {settings.ae_title} on {settings.dimse_host}:{settings.dimse_port}")
+    head = f"Chronicle {process} (pid {os.getpid()}) roles {describe(archive.roles)}"
+    return f"{head}: {', '.join(served)}"
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:

@@ -35,7 +35,14 @@ from api.query_model import (
     return_keys,
     tag_of,
 )
-from api.query_sql import Params, conditions, page_sql, search_sql, source_alias
+from api.query_sql import (
+    EMPTY_ENTITIES_SQL,
+    Params,
+    conditions,
+    page_sql,
+    search_sql,
+    source_alias,
+)
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 
@@ -235,7 +242,7 @@ def search(index: ProjectionStore, query: Query) -> list[dict[str, Any]]:
 def search_page(index: ProjectionStore, query: Query) -> Page:
     """One page of answers, in two statements: the page's rows, then the
     aggregates (and stored metadata if needed) of just those entities."""
-    sql, params = search_sql(query)
+    sql, params = search_sql(query, all_live=_all_live(index))
     rows = index.query_dicts(sql, params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
@@ -253,6 +260,13 @@ def search_page(index: ProjectionStore, query: Query) -> Page:
         picked |= {t: meta[t] if t in meta else _empty(t) for t in tags if t in meta or query.dimse}
         results.append(dict(sorted((picked | obj).items())))
     return Page(results, more)
+
+
+def _all_live(index: ProjectionStore) -> bool:
+    """True when no study or series is left without a live instance (the usual case:
+    only a rejection or a move empties one), so queries need no live-instance check."""
+    rows = index.query_dicts(EMPTY_ENTITIES_SQL)
+    return bool(rows) and int(rows[0]["n"]) == 0
 
 
 def _page_extra(

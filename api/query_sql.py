@@ -146,27 +146,35 @@ def _per_group(col: str, name: str, group_cond: Callable[[str, str], str]) -> st
     return "(" + " AND ".join(conds or ["1"]) + ")"
 
 
-#: The instance column behind each aggregated array.
-_ROW_COLUMN = {"modalities": "modality", "sop_classes": "sop_class_uid"}
-
-
 def _any_of(attr: Attr, value: str, params: Params, scope: list[str]) -> str | None:
-    """'Any of the study's live instances has one of these values', as a semi-join:
-    the same answer as matching the aggregated array, without aggregating."""
-    col = _ROW_COLUMN[attr.column]
+    """'Any of the study's live instances has one of these values', read from the
+    study's statistics (projections.stats): its sorted array of them."""
+    array = attr.column  # study_stats.modalities / study_stats.sop_classes
     if attr.kind is Kind.UID_ANY_OF:
         uids = uid_list(attr.keyword, value, commas=True)
-        cond: str | None = f"{col} IN {params.add(uids, 'Array(String)')}"
+        cond: str | None = f"hasAny({array}, {params.add(uids, 'Array(String)')})"
     else:
-        cond = _text(col, value.replace(",", "\\"), params)
+        found = _text("x", value.replace(",", "\\"), params)
+        cond = f"arrayExists(x -> {found}, {array})" if found else None
     if cond is None:
         return None
-    return f"study_instance_uid IN ({_live('study_instance_uid', [*scope, cond])})"
+    return f"study_instance_uid IN ({_live(Level.STUDY, [*scope, cond])})"
 
 
-def _live(keys: str, conds: list[str]) -> str:
-    """Keys with a live instance; WHERE on FINAL filters the newest row versions only."""
-    return f"SELECT {keys} FROM instance FINAL WHERE {_where(['hidden = 0', *conds])}"
+def _live(level: Level, conds: list[str]) -> str:
+    """The keys of `level` with a live instance (and `conds`), from the statistics
+    tables: a primary-key-ordered table of one row per entity, not the instances."""
+    if level is Level.SERIES:
+        where = _where(["n_instances > 0", *conds])
+        return f"SELECT series_instance_uid FROM series_stats FINAL WHERE {where}"
+    where = _where(["n_instances > 0", *conds])
+    studies = f"SELECT study_instance_uid FROM study_stats FINAL WHERE {where}"
+    if level is Level.STUDY:
+        return studies
+    return (
+        "SELECT patient_id, issuer_of_patient_id FROM study FINAL"
+        f" WHERE study_instance_uid IN ({studies})"
+    )
 
 
 def _sequence(match: Match, col: str, params: Params) -> str | None:
@@ -323,18 +331,27 @@ def _where(conds: Iterable[str]) -> str:
     return " AND ".join(conds) or "1"
 
 
-def search_sql(query: Query) -> tuple[str, dict[str, object]]:
+#: Studies and series left without a live instance (0 = every one has one). Counted
+#: without FINAL, so an older zero row also counts: never a false "all live".
+EMPTY_ENTITIES_SQL = (
+    "SELECT (SELECT count() FROM study_stats WHERE n_instances = 0)"
+    " + (SELECT count() FROM series_stats WHERE n_instances = 0) AS n"
+)
+
+
+def search_sql(query: Query, *, all_live: bool = False) -> tuple[str, dict[str, object]]:
     """Phase 1, the page: the level's rows (joined with the levels above) that match
     and have a live instance, in the documented order. Asks for limit + 1 rows so
-    the caller knows whether more follow."""
+    the caller knows whether more follow. `all_live` (EMPTY_ENTITIES_SQL found
+    none) drops the live-instance semi-join: every stored entity has one."""
     params = Params()
     conds = conditions(query, params)
     sources = _SOURCES[query.level]
     # A study matched through ModalitiesInStudy or SOPClassesInStudy is live already.
     implied = query.level is Level.STUDY and any(ATTRS[m.keyword].aggregate for m in query.matches)
-    if query.level is not Level.IMAGE and not implied:
+    if query.level is not Level.IMAGE and not implied and not all_live:
         keys = ", ".join(KEYS[query.level])
-        conds[sources[0]].append(f"({keys}) IN ({_live(keys, conds['inst'])})")
+        conds[sources[0]].append(f"({keys}) IN ({_live(query.level, conds['inst'])})")
     selects: list[str] = []
     joins: list[str] = []
     for alias in sources:
@@ -355,16 +372,42 @@ def search_sql(query: Query) -> tuple[str, dict[str, object]]:
 def page_sql(
     level: Level, first_keys: list[str], *, metadata: bool
 ) -> tuple[str, dict[str, object]]:
-    """Phase 2, per entity of the page: aggregates over its live instances (never
-    any(): deterministic whatever the merge order) and, when asked, the stored
-    DICOM JSON of its newest live instance (highest log version)."""
+    """Phase 2, per entity of the page: its aggregates and, when asked, the stored
+    DICOM JSON of its newest live instance. Studies and series read them from
+    their statistics rows (projections.stats) by primary key; patients (rarely
+    asked) aggregate their live instances (never any(): deterministic whatever
+    the merge order)."""
     params = Params()
     keys = ", ".join(KEYS[level])
-    where = f"hidden = 0 AND {KEYS[level][0]} IN {params.add(first_keys, 'Array(String)')}"
+    wanted = params.add(first_keys, "Array(String)")
     if level is Level.IMAGE:
+        where = f"hidden = 0 AND {KEYS[level][0]} IN {wanted}"
         return f"SELECT {keys}, metadata FROM instance FINAL WHERE {where}", params.values
+    if level in STATS:
+        table, columns = STATS[level]
+        picked = ", ".join(f"s.{c} AS {c}" for c in [KEYS[level][0], *columns])
+        stats = f"(SELECT * FROM {table} FINAL WHERE {KEYS[level][0]} IN {wanted}) AS s"
+        if not metadata:
+            return f"SELECT {picked} FROM {stats}", params.values
+        newest = (
+            "(SELECT sop_instance_uid, metadata FROM instance FINAL WHERE sop_instance_uid IN"
+            f" (SELECT representative FROM {table} FINAL WHERE {KEYS[level][0]} IN {wanted})) AS m"
+        )
+        sql = (
+            f"SELECT {picked}, m.metadata AS metadata FROM {stats}"
+            f" LEFT JOIN {newest} ON m.sop_instance_uid = s.representative"
+        )
+        return sql, params.values
     columns = [f"{expr} AS {name}" for name, expr in AGGREGATES[level].items()]
     if metadata:
         columns.append("argMax(metadata, (version, sop_instance_uid)) AS metadata")
+    where = f"hidden = 0 AND {KEYS[level][0]} IN {wanted}"
     sql = f"SELECT {keys}, {', '.join(columns)} FROM instance FINAL WHERE {where} GROUP BY {keys}"
     return sql, params.values
+
+
+#: Levels whose aggregates are kept per entity: table and the AGGREGATES it holds.
+STATS: dict[Level, tuple[str, list[str]]] = {
+    Level.STUDY: ("study_stats", list(AGGREGATES[Level.STUDY])),
+    Level.SERIES: ("series_stats", list(AGGREGATES[Level.SERIES])),
+}

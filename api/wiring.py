@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from api.dimse.commitment import DimseCourier, is_storage_sop_class
+from api.roles import API, PROJECTOR, CheckpointWatcher, NoFeed, NoIndex, ProjectionFeed
+from infra.errors import Unavailable
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.ports import BlobStore, EventLog, ProjectionStore
-from infra.settings import Settings
+from infra.settings import ROLES, Settings
 from ingest.service import IngestService
 from projections.commitment import CommitmentReactor
 from projections.commitment_rules import ReportPolicy
@@ -26,10 +29,18 @@ class Archive:
     blobs: BlobStore
     index: ProjectionStore
     ingest: IngestService
-    projector: Projector
-    #: The storage commitment reactor (owner process only; None in workers).
+    #: The Projector where this process projects; a view of it elsewhere.
+    projector: ProjectionFeed
+    #: The storage commitment reactor (projector role only; None elsewhere).
     commitment: CommitmentReactor | None = None
+    #: The roles this process runs (api/roles.py); front-ends follow them.
+    roles: frozenset[str] = frozenset(ROLES)
     _closed: bool = field(default=False, repr=False)
+
+    @property
+    def follows_projections(self) -> bool:
+        """Whether this process sees the projector's position (api or projector)."""
+        return API in self.roles or PROJECTOR in self.roles
 
     def read_barrier(self) -> bool:
         """Read-your-writes: wait until projections cover the log end seen now.
@@ -38,7 +49,12 @@ class Archive:
         (settings.read_wait_seconds) ran out: the caller answers with what it
         has and says so (DICOMweb: Warning 299 header; DIMSE: a log line).
         """
-        target = self.log.end()
+        try:
+            target = self.log.end()
+        except Unavailable as exc:
+            # Reads need the index, not the log: answer with what is projected.
+            log.warning("event log unreachable (%s); answering with what is projected", exc)
+            return False
         fresh = self.projector.wait(target, timeout=self.settings.read_wait_seconds)
         if not fresh:
             log.warning("projection lagging behind %s; answering with what is projected", target)
@@ -56,19 +72,43 @@ class Archive:
         self.log.close()
 
 
-def open_archive(settings: Settings, *, start_projector: bool = True) -> Archive:
-    """Open the three backends, apply migrations, start the projector thread."""
+def open_archive(
+    settings: Settings, *, start_projector: bool = True, roles: Collection[str] = ROLES
+) -> Archive:
+    """Open what `roles` need, apply migrations, start the projector thread.
+
+    `chronicle serve` passes `settings.roles`; every other command wants the
+    whole archive. Without the api and projector roles the projection store
+    is never opened (an ingest node keeps no local state). With api but no
+    projector (only on a ClickHouse server, see api.roles.check_roles)
+    read-your-writes follows the projector's checkpoint rows.
+    """
+    roles = frozenset(roles)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     event_log = open_event_log(settings.log_url)
-    blobs = open_blob_store(settings.blob_url)
-    index = open_projection_store(settings.index_url)
+    try:
+        blobs = open_blob_store(settings.blob_url)
+    except BaseException:
+        event_log.close()
+        raise
     ingest = IngestService.from_settings(settings, event_log, blobs)
+    if API not in roles and PROJECTOR not in roles:
+        return Archive(settings, event_log, blobs, NoIndex(), ingest, NoFeed(), roles=roles)
+    try:
+        index = open_projection_store(settings.index_url)
+    except BaseException:
+        blobs.close()
+        event_log.close()
+        raise
+    if PROJECTOR not in roles:
+        watcher = CheckpointWatcher(index)
+        return Archive(settings, event_log, blobs, index, ingest, watcher, roles=roles)
     projector = Projector(event_log, index, blobs=blobs, batch=settings.projector_batch)
     commitment = _commitment_reactor(settings, event_log, index, blobs, projector)
     if start_projector:
         projector.start()
         commitment.start()
-    return Archive(settings, event_log, blobs, index, ingest, projector, commitment)
+    return Archive(settings, event_log, blobs, index, ingest, projector, commitment, roles)
 
 
 def _commitment_reactor(

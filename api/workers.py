@@ -1,12 +1,18 @@
 """Several front-end processes per node, to use every core past the GIL.
 
-The owner process holds the projection store (chDB locks its directory to one
-process) and the projector. With `--workers N`, it starts N-1 worker
-processes. Every process (owner included) serves DIMSE and DICOMweb on the
+The owner process runs the node's roles (api/roles.py) and, with the
+projector role, the projector. With `--workers N`, it starts N-1 worker
+processes that take over its front-end roles (ingest, api; never the
+projector). Every process (owner included) serves DIMSE and DICOMweb on the
 same ports through SO_REUSEPORT listening sockets, so the kernel spreads
-associations and connections across them. A worker ingests on its own (the
-SQLite log is multi-process safe, blobs are files) and reads the projections
-through the owner's internal loopback endpoint (`infra.proxy_index`).
+associations and connections across them.
+
+A worker ingests on its own (the SQLite log is multi-process safe, blobs are
+files, Kafka and S3 are shared anyway). With the api role it reads the
+projections through the owner's internal loopback endpoint
+(`infra.proxy_index`) when the index is chDB (one process per directory), or
+straight from the ClickHouse server otherwise. A worker of an ingest-only
+node needs no index and no owner endpoint at all.
 """
 
 from __future__ import annotations
@@ -20,18 +26,52 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from api.roles import (
+    API,
+    CheckpointWatcher,
+    NoFeed,
+    NoIndex,
+    ProjectionFeed,
+    front_end_roles,
+    is_embedded_index,
+)
 from api.wiring import Archive
-from infra.factory import open_blob_store, open_event_log
+from infra.factory import open_blob_store, open_event_log, open_projection_store
+from infra.ports import Position, ProjectionStore
 from infra.proxy_index import OwnerProjectionStore
 from infra.settings import Settings
 from ingest.service import IngestService
 
 log = logging.getLogger("chronicle.workers")
 
+#: Set in every worker's environment: this process is a front-end worker.
+WORKER_ENV = "CHRONICLE_FRONT_END_WORKER"
+#: The owner's internal endpoint, set only when workers read the index through it.
 OWNER_URL_ENV = "CHRONICLE_OWNER_URL"
 TOKEN_ENV = "CHRONICLE_INTERNAL_TOKEN"
+
+
+def is_worker(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get(WORKER_ENV) or env.get(OWNER_URL_ENV))
+
+
+def worker_count(settings: Settings) -> int:
+    """Extra front-end processes to start: none when no front-end role is run."""
+    if settings.workers > 1 and not front_end_roles(settings.roles):
+        log.warning(
+            "--workers %d ignored: a projector-only node has no front-ends", settings.workers
+        )
+        return 0
+    return max(0, settings.workers - 1)
+
+
+def needs_owner_endpoint(settings: Settings) -> bool:
+    """Workers read the index through the owner only with api on chDB."""
+    return API in settings.roles and is_embedded_index(settings.index_url)
 
 
 def reuse_port_socket(host: str, port: int) -> socket.socket:
@@ -57,7 +97,7 @@ class OwnerProjector:
     def __init__(self, owner: OwnerProjectionStore) -> None:
         self._owner = owner
 
-    def wait(self, target: dict[int, int], timeout: float) -> bool:
+    def wait(self, target: Position, timeout: float) -> bool:
         return self._owner.wait(target, timeout)
 
     def checkpoint(self) -> dict[int, int]:
@@ -72,14 +112,31 @@ class OwnerProjector:
     def reload(self) -> None:
         """The owner runs the projector."""
 
+    def run_until(self, target: Position, progress: Callable[[int], None] | None = None) -> None:
+        """The owner projects; wait for it."""
+        self._owner.wait(target, 60.0)
 
-def open_worker_archive(settings: Settings, owner_url: str, token: str) -> Archive:
+
+def open_worker_archive(settings: Settings, owner_url: str | None, token: str) -> Archive:
+    """A worker's Archive: the node's front-end roles, never a projector."""
+    roles = front_end_roles(settings.roles)
     event_log = open_event_log(settings.log_url)
     blobs = open_blob_store(settings.blob_url)
-    index = OwnerProjectionStore(owner_url, token)
     ingest = IngestService.from_settings(settings, event_log, blobs)
-    projector = OwnerProjector(index)
-    return Archive(settings, event_log, blobs, index, ingest, projector)  # type: ignore[arg-type]
+    index, feed = _projection_view(settings, roles, owner_url, token)
+    return Archive(settings, event_log, blobs, index, ingest, feed, roles=roles)
+
+
+def _projection_view(
+    settings: Settings, roles: frozenset[str], owner_url: str | None, token: str
+) -> tuple[ProjectionStore, ProjectionFeed]:
+    if API not in roles:
+        return NoIndex(), NoFeed()
+    if owner_url:
+        owner = OwnerProjectionStore(owner_url, token)
+        return owner, OwnerProjector(owner)
+    index = open_projection_store(settings.index_url)
+    return index, CheckpointWatcher(index)
 
 
 @dataclass
@@ -110,7 +167,9 @@ class WorkerPool:
         ).start()
 
     def spawn(self, count: int, argv: list[str]) -> None:
-        env = {**os.environ, OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token}
+        env = {**os.environ, WORKER_ENV: "1"}
+        if self.owner_url:
+            env.update({OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token})
         for i in range(count):
             command = [sys.executable, "-m", "api.cli", *argv]
             self.processes.append(subprocess.Popen(command, env=env))

@@ -19,6 +19,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+#: What a `chronicle serve` process can run, in their canonical order.
+ROLES = ("ingest", "projector", "api")
+
 
 class RemoteAE:
     """A configured peer: TITLE@HOST:PORT."""
@@ -95,6 +98,8 @@ class Settings(BaseSettings):
     commitment_retry_max_delay: float = 60.0
     #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
     workers: int = 1
+    #: What this process runs: any of ingest, projector, api (see api/roles.py).
+    roles: list[str] = Field(default_factory=lambda: list(ROLES))
     default_character_set: str = "ISO_IR 100"
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     projector_batch: int = 1000
@@ -105,6 +110,26 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: Any) -> Any:
+        # `--role ingest,api`, `--role ingest --role api`, CHRONICLE_ROLES=ingest,api
+        # and TOML `roles = ["ingest", "api"]` all name the same set.
+        parts = [value] if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple):
+            return value
+        return [r.strip().lower() for part in parts for r in str(part).split(",") if r.strip()]
+
+    @field_validator("roles")
+    @classmethod
+    def _check_roles(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value).difference(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role {', '.join(unknown)} (roles: {', '.join(ROLES)})")
+        if not value:
+            raise ValueError(f"at least one role is needed ({', '.join(ROLES)})")
+        return [role for role in ROLES if role in value]
 
     @field_validator("remote_aes")
     @classmethod
@@ -181,4 +206,4 @@ def load_settings(
     return Settings(**values)
 
 
-__all__ = ["RemoteAE", "Settings", "load_settings"]
+__all__ = ["ROLES", "RemoteAE", "Settings", "load_settings"]

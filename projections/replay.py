@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from infra.migrations import migrate
 from infra.ports import BlobStore, EventLog, ProjectionStore
+from projections import stats
 from projections.runner import Projector
 
 log = logging.getLogger("chronicle.replay")
@@ -29,7 +30,10 @@ TABLES = (
     "series",
     "instance",
     "receipt",
+    "receipt_by_sop",
     "storage_commitment",
+    "study_stats",
+    "series_stats",
     "checkpoint",
 )
 SUFFIX = "_new"
@@ -50,7 +54,9 @@ def replay(
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")
     migrate(index, suffix=SUFFIX)
     target = event_log.end()
-    projector = Projector(event_log, index, blobs=blobs, batch=batch, name=PROJECTOR, suffix=SUFFIX)
+    projector = Projector(
+        event_log, index, blobs=blobs, batch=batch, name=PROJECTOR, suffix=SUFFIX, stats=False
+    )
     applied = 0
 
     def counted(n: int) -> None:
@@ -60,6 +66,7 @@ def replay(
             progress(n)
 
     projector.run_until(target, counted)
+    stats.rebuild(index, SUFFIX, version=sum(projector.checkpoint().values()))
     index.command(
         f"INSERT INTO checkpoint{SUFFIX} (projector, partition, next_offset, version) "
         "SELECT projector, partition, next_offset, version FROM checkpoint FINAL "

@@ -17,6 +17,8 @@ import orjson
 
 from infra.errors import ChronicleError
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
+from projections import stats
+from projections.conflicts import receipt_by_sop_rows
 from projections.rows import Row, Rows, rows_for
 from schemas import codec
 from schemas.events import InstanceStored
@@ -30,6 +32,33 @@ GATHER_SECONDS = 1.0
 ERROR_BACKOFF_SECONDS = 1.0
 
 
+#: Tables whose rows replace each other by key (ReplacingMergeTree ORDER BY).
+REPLACING_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("patient_id", "issuer_of_patient_id"),
+    "study": ("study_instance_uid",),
+    "series": ("series_instance_uid",),
+    "instance": ("sop_instance_uid",),
+}
+
+
+def newest_per_key(table: str, rows: list[Row]) -> list[Row]:
+    """One row per key within a batch: the one ReplacingMergeTree would keep.
+
+    Every instance of a study writes the study's row again; inserting 100 rows
+    where the table keeps one made each part 100 times larger than needed and
+    left FINAL that much more to merge at query time."""
+    key = REPLACING_KEYS.get(table)
+    if key is None or len(rows) < 2:
+        return rows
+    newest: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        kept = newest.get(k)
+        if kept is None or row["version"] >= kept["version"]:
+            newest[k] = row
+    return list(newest.values())
+
+
 class Projector:
     def __init__(
         self,
@@ -41,6 +70,7 @@ class Projector:
         name: str = "levels",
         suffix: str = "",
         gather_seconds: float = GATHER_SECONDS,
+        stats: bool = True,
     ) -> None:
         self._log = event_log
         self._index = index
@@ -49,6 +79,8 @@ class Projector:
         self._name = name
         self._suffix = suffix
         self._gather = gather_seconds
+        #: Recompute study and series statistics per batch (replay does it once at the end).
+        self._stats = stats
         self._position: dict[int, int] = {}
         self._loaded = False
         self._cond = threading.Condition()
@@ -96,8 +128,11 @@ class Projector:
         for record in records:
             self._project(record, rows)
             after[record.partition] = record.offset + 1
+        touched = self._touched_studies(rows)
         for table, table_rows in rows.tables.items():
-            self._insert(table, table_rows)
+            self._insert(table, newest_per_key(table, table_rows))
+        if touched:
+            stats.refresh(self._index, self._suffix, touched, version=sum(after.values()))
         self._insert(
             "checkpoint",
             [
@@ -110,6 +145,18 @@ class Projector:
             self._position = after
             self._cond.notify_all()
         return len(records)
+
+    def _touched_studies(self, rows: Rows) -> set[str]:
+        """Studies whose statistics this batch changes: those its instances are in
+        now and, for a newer version naming another study, the one it leaves."""
+        instances = rows.tables.get("instance", [])
+        if not self._stats or not instances:
+            return set()
+        now = {str(row["study_instance_uid"]) for row in instances}
+        before = stats.studies_of(
+            self._index, self._suffix, (str(row["sop_instance_uid"]) for row in instances)
+        )
+        return now | before
 
     def run_until(self, target: Position, progress: Callable[[int], None] | None = None) -> None:
         """Project until the checkpoint covers `target` (replay, tests)."""
@@ -136,9 +183,13 @@ class Projector:
         if isinstance(payload, InstanceStored) and payload.sidecar and self._blobs is not None:
             with self._blobs.get(payload.sidecar.key) as fh:
                 metadata = orjson.loads(fh.read())
-        for table, table_rows in rows_for(record, envelope, metadata).tables.items():
-            for row in table_rows:
-                rows.add(table, row)
+        for produced in (
+            rows_for(record, envelope, metadata),
+            receipt_by_sop_rows(record, envelope),
+        ):
+            for table, table_rows in produced.tables.items():
+                for row in table_rows:
+                    rows.add(table, row)
 
     def _insert(self, table: str, rows: list[Row]) -> None:
         if not rows:

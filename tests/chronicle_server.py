@@ -68,6 +68,13 @@ class ChronicleServer:
         self._log_file.close()
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL at once (a crashed node): no shutdown code runs; stop() is then a no-op."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=STOP_GRACE)
+        self._log_file.close()
+
 
 class StartChronicle(Protocol):
     def __call__(
@@ -79,6 +86,7 @@ class StartChronicle(Protocol):
         ae_title: str = "CHRONICLE",
         remote_aes: Sequence[str] | None = None,
         http_port: int | None = None,
+        roles: str | None = None,
     ) -> ChronicleServer: ...
 
 
@@ -114,10 +122,14 @@ def launch_chronicle(
     ae_title: str = "CHRONICLE",
     remote_aes: Sequence[str] | None = None,
     http_port: int | None = None,
+    roles: str | None = None,
 ) -> ChronicleServer:
     """Start `chronicle serve` and return once /healthz is 200 and C-ECHO succeeds.
 
     Pass `http_port` (from free_port()) when extra_args must name it, e.g. --public-url.
+    `roles` (e.g. "ingest" or "projector,api") adds `--role`; several servers
+    may then share one data folder, each with its own log file. A projector-only
+    server has no DIMSE: only /healthz is awaited.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     http_port, dimse_port = http_port or free_port(), free_port()
@@ -127,8 +139,11 @@ def launch_chronicle(
     argv += ["--ae-title", ae_title]
     for remote in remotes:
         argv += ["--remote-ae", remote]
+    if roles is not None:
+        argv += ["--role", roles]
     argv += list(extra_args)
-    log_path = data_dir.parent / f"{data_dir.name}-server.log"
+    label = f"-{roles.replace(',', '-')}" if roles else ""
+    log_path = data_dir.parent / f"{data_dir.name}{label}-server.log"
     log_file = log_path.open("ab")
     process = subprocess.Popen(
         argv,
@@ -151,11 +166,11 @@ def launch_chronicle(
         log_path=log_path,
         _log_file=log_file,
     )
-    _wait_until_ready(server, argv)
+    _wait_until_ready(server, argv, dimse=roles is None or roles.strip() != "projector")
     return server
 
 
-def _wait_until_ready(server: ChronicleServer, argv: list[str]) -> None:
+def _wait_until_ready(server: ChronicleServer, argv: list[str], *, dimse: bool = True) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     # Only a caller the server accepts can prove DIMSE is up.
     caller = _accepted_caller(server.remote_aes, argv)
@@ -166,7 +181,7 @@ def _wait_until_ready(server: ChronicleServer, argv: list[str]) -> None:
                 f"chronicle serve exited with {server.process.returncode} before it was ready\n"
                 f"command: {' '.join(argv)}\n--- server output ---\n{server.output()[-8000:]}"
             )
-        if _healthy(server.base_url) and server.echo(caller) == 0x0000:
+        if _healthy(server.base_url) and (not dimse or server.echo(caller) == 0x0000):
             return
         time.sleep(0.2)
     server.stop()
@@ -205,6 +220,7 @@ def chronicle_servers(
             ae_title: str = "CHRONICLE",
             remote_aes: Sequence[str] | None = None,
             http_port: int | None = None,
+            roles: str | None = None,
         ) -> ChronicleServer:
             folder = data_dir or tmp_path_factory.mktemp("chronicle") / "data"
             server = launch_chronicle(
@@ -214,6 +230,7 @@ def chronicle_servers(
                 ae_title=ae_title,
                 remote_aes=remote_aes,
                 http_port=http_port,
+                roles=roles,
             )
             stack.callback(server.stop)
             return server

@@ -9,4 +9,11 @@ from __future__ import annotations
 
 import os
 
+from hypothesis import settings
+
 os.environ["TCP_NODELAY"] = "1"
+
+# Property tests judge correctness, not speed: on a shared 2-core CI machine a
+# slow example must not fail a run (speed lives in bench/).
+settings.register_profile("chronicle", deadline=None)
+settings.load_profile("chronicle")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom.transport import ThreadedAssociationServer
@@ -29,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from infra.settings import Settings
 from schemas.events import Source
 
-from .ae import build_ae, prefer_requestor_order, shared_contexts
+from .ae import QUERY_MODELS, build_ae, prefer_requestor_order, shared_contexts
 from .find import FindArchive, FindHandler, negotiate_options
 from .find_encode import install_encoded_identifiers
 from .policy import AssociationPolicy, apply_decision, judge
@@ -250,16 +251,43 @@ def storage_router(
     return router
 
 
+#: C-STORE on a node without the ingest role (PS3.7 C.4.2.1.4: Refused, SOP
+#: Class not supported). C-GET's storage contexts make pynetdicom accept
+#: storage presentation contexts there; nothing may be kept by such a node.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def _refuse_store(event: Any) -> Dataset:
+    status = Dataset()
+    status.Status = SOP_CLASS_NOT_SUPPORTED
+    status.ErrorComment = "no storage here: send to an ingest node"
+    return status
+
+
+def _drop_query_contexts(ae: AE) -> None:
+    for model in QUERY_MODELS:
+        ae.remove_supported_context(model)
+
+
 def start_dimse(
     archive: DimseArchive,
     *,
     policy: AssociationPolicy | None = None,
     reuse_port: bool = False,
+    storage: bool = True,
+    query: bool = True,
 ) -> DimseServer:
     """Listen on (settings.dimse_host, settings.dimse_port); port 0 picks a free one.
 
     `reuse_port` lets sibling processes listen on the same port (SO_REUSEPORT).
+    `storage` serves Verification + Storage (storage-only associations on
+    `storage_link`); `query` serves Verification, C-FIND, C-MOVE, C-GET and
+    Storage Commitment. An ingest node runs `query=False`: its Q/R contexts
+    are rejected (abstract syntax not supported). An api node runs
+    `storage=False`: C-STORE answers 0x0122 and nothing goes to storage_link.
     """
+    if not (storage or query):
+        raise ValueError("start_dimse needs storage, query or both")
     settings = archive.settings
     incoming = receive_directory(settings)
     set_receive_directory(incoming)
@@ -274,16 +302,23 @@ def start_dimse(
         (evt.EVT_REQUESTED, functools.partial(_on_requested, policy)),
         (evt.EVT_ESTABLISHED, _on_established),
         (evt.EVT_CONN_CLOSE, _discard_partial_dataset),
-        (evt.EVT_SOP_EXTENDED, _on_sop_extended),
         (evt.EVT_C_ECHO, _on_echo),
-        (evt.EVT_C_STORE, StoreHandler(archive)),
-        (evt.EVT_C_FIND, FindHandler(archive)),
+        (evt.EVT_C_STORE, StoreHandler(archive) if storage else _refuse_store),
     ]
-    for register in REGISTRY:
-        handlers.extend(register(ae, archive))
+    if query:
+        handlers += [
+            (evt.EVT_SOP_EXTENDED, _on_sop_extended),
+            (evt.EVT_C_FIND, FindHandler(archive)),
+        ]
+        for register in REGISTRY:
+            handlers.extend(register(ae, archive))
+    else:
+        _drop_query_contexts(ae)
     server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
-    server.router = storage_router(archive, ae, policy, incoming)
+    if storage:
+        server.router = storage_router(archive, ae, policy, incoming)
     _serve(ae, server)
     dimse = DimseServer(ae, server, incoming)
-    log.info("DIMSE %s listening on %s:%d", settings.ae_title, *dimse.address)
+    services = "+".join(name for name, on in (("storage", storage), ("query", query)) if on)
+    log.info("DIMSE %s (%s) listening on %s:%d", settings.ae_title, services, *dimse.address)
     return dimse

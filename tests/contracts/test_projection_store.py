@@ -18,7 +18,17 @@ from infra.clickhouse import ClickHouseStore
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 
-LEVEL_TABLES = {"patient", "study", "series", "instance", "receipt", "checkpoint"}
+LEVEL_TABLES = {
+    "patient",
+    "study",
+    "series",
+    "instance",
+    "receipt",
+    "receipt_by_sop",
+    "study_stats",
+    "series_stats",
+    "checkpoint",
+}
 
 # Strings that would break naively spliced SQL; parameters must carry them inert.
 HOSTILE = [

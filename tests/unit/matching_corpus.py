@@ -17,6 +17,7 @@ import orjson
 
 from infra.factory import open_projection_store
 from infra.ports import ProjectionStore
+from projections import stats
 from schemas.names import fold
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -293,8 +294,15 @@ def insert(store: ProjectionStore, instances: list[Inst]) -> None:
     for inst in instances:
         for table, (columns, values) in rows(inst).items():
             batches.setdefault(table, (columns, []))[1].append(values)
+    columns, instance_rows = batches.get("instance", ([], []))
+    at = {name: n for n, name in enumerate(columns)}
+    touched = {str(r[at["study_instance_uid"]]) for r in instance_rows} | stats.studies_of(
+        store, "", (str(r[at["sop_instance_uid"]]) for r in instance_rows)
+    )
     for table, (columns, batch) in batches.items():
         store.insert(table, batch, columns)
+    # What the projector does after each batch (projections.stats).
+    stats.refresh(store, "", touched, version=max(i.version for i in instances))
 
 
 def open_corpus_store(folder: Path) -> Iterator[ProjectionStore]:

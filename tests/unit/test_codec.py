@@ -3,7 +3,7 @@ from importlib import resources
 
 import jsonschema
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas import codec
@@ -36,6 +36,7 @@ def schema() -> dict[str, object]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
+@settings(deadline=None)  # validating against the JSON Schema is slow on a loaded machine
 @given(study=uids, sop=uids, pid=st.text(max_size=64), ae=st.text(max_size=16))
 def test_round_trip_and_published_schema(study: str, sop: str, pid: str, ae: str) -> None:
     event = instance(
