@@ -91,12 +91,15 @@ def running_orthanc(folder: Path) -> Iterator[Peer]:
 
 
 @contextmanager
-def running_chronicle(folder: Path, extra_args: Sequence[str] = ()) -> Iterator[Peer]:
+def running_chronicle(
+    folder: Path, extra_args: Sequence[str] = (), env: dict[str, str] | None = None
+) -> Iterator[Peer]:
     """`chronicle serve [extra_args]` on a fresh data folder under `folder`, accepting BENCHSCU."""
     folder.mkdir(parents=True, exist_ok=True)
     server = launch_chronicle(
         folder / "data",
         extra_args=extra_args,
+        env=env,
         remote_aes=[f"{CALLING_AE}@127.0.0.1:{free_port()}"],
     )
     try:

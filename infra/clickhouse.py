@@ -41,6 +41,7 @@ from infra.errors import Invalid, Unavailable
 from infra.read_cache import ReadCache
 
 DEFAULT_DATABASE = "chronicle"
+READ_CACHE_ENV = "CHRONICLE_READ_CACHE"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 #: ClickHouse error codes that mean "the statement or its values are wrong",
@@ -102,7 +103,9 @@ class ClickHouseStore:
         self._clients: list[Client] = []
         self._closed = False
         # Embedded only: there every write goes through this object (read_cache.py).
-        self._cache = ReadCache() if url.startswith("chdb:") else None
+        # CHRONICLE_READ_CACHE=0 turns it off (benchmarks measure both ways).
+        cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
+        self._cache = ReadCache() if cached else None
         first = self._open_client(database=None)
         try:
             self._ensure_database(first)

@@ -221,8 +221,15 @@ def _serve(ae: AE, server: Any) -> None:
 
 
 def storage_router(
-    archive: DimseArchive, ae: AE, policy: AssociationPolicy, incoming: Path
+    archive: DimseArchive,
+    ae: AE,
+    policy: AssociationPolicy,
+    incoming: Path,
+    *,
+    storage: bool = True,
+    query: bool = True,
 ) -> StorageRouter:
+    """The router for storage-only and query-only associations (api.dimse.storage_link)."""
     settings = archive.settings
 
     def store(path: Path, message: Message, source: Source) -> tuple[int, str]:
@@ -241,7 +248,8 @@ def storage_router(
 
     router = StorageRouter(
         policy,
-        store=store,
+        store=store if storage else None,
+        find=FindHandler(archive) if query else None,
         incoming=incoming,
         max_pdu_size=settings.max_pdu_size,
         acse_timeout=settings.acse_timeout,
@@ -315,8 +323,7 @@ def start_dimse(
     else:
         _drop_query_contexts(ae)
     server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
-    if storage:
-        server.router = storage_router(archive, ae, policy, incoming)
+    server.router = storage_router(archive, ae, policy, incoming, storage=storage, query=query)
     _serve(ae, server)
     dimse = DimseServer(ae, server, incoming)
     services = "+".join(name for name, on in (("storage", storage), ("query", query)) if on)

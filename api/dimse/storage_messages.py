@@ -23,6 +23,9 @@ _COMMAND, _LAST = 0x01, 0x02
 NO_DATASET = 0x0101
 #: Largest PDU accepted from a peer that ignores our maximum (0 = unlimited).
 MAX_PDU = 64 * 1024 * 1024
+#: Messages whose data set is a query identifier, kept in memory: C-FIND-RQ.
+IN_MEMORY = frozenset({0x0020})
+MAX_IDENTIFIER = 1024 * 1024
 
 
 class ProtocolError(ConnectionError):
@@ -40,6 +43,8 @@ class Message:
     sop_instance_uid: str
     dataset_path: Path | None = None
     dataset_bytes: int = 0
+    #: A query's identifier, kept in memory (a C-STORE's data set goes to a file).
+    identifier: bytes | None = None
 
 
 class MessageReader:
@@ -56,6 +61,7 @@ class MessageReader:
         self._command = bytearray()
         self._message: Message | None = None
         self._file: Any = None
+        self._memory: bytearray | None = None
 
     def next_message(self) -> Message | None:
         """The next complete message, or None once the peer released or aborted."""
@@ -137,12 +143,25 @@ class MessageReader:
         if us_value(elements.get(0x00000800)) == NO_DATASET:
             return message
         self._message = message
+        if message.command_field in IN_MEMORY:
+            self._memory = bytearray()
+            return None
         self._file = self._open_file()
         message.dataset_path = Path(self._file.name)
         return None
 
     def _data_fragment(self, value: memoryview, control: int) -> Message | None:
         message = self._message
+        if message is not None and self._memory is not None:
+            self._memory += value
+            if len(self._memory) > MAX_IDENTIFIER:
+                raise ProtocolError(f"a query identifier over {MAX_IDENTIFIER} bytes")
+            if not control & _LAST:
+                return None
+            message.identifier = bytes(self._memory)
+            self._memory = None
+            self._message = None
+            return message
         if message is None or self._file is None:
             raise ProtocolError("a data set fragment without its command")
         self._file.write(value)

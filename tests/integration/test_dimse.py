@@ -28,7 +28,7 @@ from pydicom.uid import (
 )
 from pynetdicom import _config, build_context
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from api.dimse.ae import VERIFICATION
@@ -197,11 +197,11 @@ def test_a_storage_association_hands_the_received_data_set_to_ingest(
 def test_a_mixed_association_stores_through_pynetdicom(
     server: DimseServer, ingest: ScriptedIngest
 ) -> None:
-    """Storage proposed beside a query model: pynetdicom serves it, with its Part-10 file."""
+    """Storage proposed beside a retrieve model: pynetdicom serves it, with its Part-10 file."""
     ds = _small_ct()
     contexts = [
         build_context(CTImageStorage, [ImplicitVRLittleEndian]),
-        build_context(StudyRootQueryRetrieveInformationModelFind),
+        build_context(StudyRootQueryRetrieveInformationModelMove),
     ]
     assoc = _associate(server.port, contexts)
     assert assoc.is_established

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import build_context
+from pynetdicom import AE, build_context
 
 import api.dimse.find as find_module
 from api import matching
@@ -240,13 +240,18 @@ def test_find_cancel_stops_the_matches(
     server: DimseServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _patch_search(monkeypatch, lambda: [_study_json(n) for n in range(500)])
-    real = find_module.build_response
+    real, direct = find_module.build_response, find_module.encode_response
 
     def slow(*args: Any, **kwargs: Any) -> Dataset:
         time.sleep(0.01)
         return real(*args, **kwargs)
 
+    def slow_direct(*args: Any, **kwargs: Any) -> bytes | None:
+        time.sleep(0.01)
+        return direct(*args, **kwargs)
+
     monkeypatch.setattr(find_module, "build_response", slow)
+    monkeypatch.setattr(find_module, "encode_response", slow_direct)
     model = STUDY_ROOT_FIND
     assoc = _associate(server.port, [build_context(model)])
     [context] = assoc.accepted_contexts
@@ -289,3 +294,25 @@ def test_findscu_gets_the_matches(server: DimseServer, monkeypatch: pytest.Monke
     output = run.stdout + run.stderr
     assert output.count("(Pending)") == 2 and "Final Find Response (Success)" in output
     assert "1.2.3.2" in output and "CHRONICLE" in output
+
+
+def test_a_query_only_association_streams_every_match_within_the_peers_pdu_size(
+    server: DimseServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Served by api.dimse.find_link: every match, then one success; responses fragmented
+    to the requestor's small maximum PDU (pynetdicom reassembles them)."""
+    _patch_search(monkeypatch, lambda: [_study_json(n) for n in range(60)])
+    ae = AE(ae_title="FINDSCU")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.maximum_pdu_size = 256
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="CHRONICLE")
+    assert assoc.is_established
+    try:
+        answers = list(assoc.send_c_find(_study_identifier(), STUDY_ROOT_FIND))
+    finally:
+        assoc.release()
+    statuses = [int(status.Status) for status, _ in answers]
+    assert statuses == [0xFF00] * 60 + [0x0000]
+    found = {str(identifier.StudyInstanceUID) for _, identifier in answers[:-1]}
+    assert len(found) == 60
