@@ -265,8 +265,19 @@ def search_page(index: ProjectionStore, query: Query) -> Page:
 def _all_live(index: ProjectionStore) -> bool:
     """True when no study or series is left without a live instance (the usual case:
     only a rejection or a move empties one), so queries need no live-instance check."""
+    generation = getattr(index, "generation", None)
+    memo = _ALL_LIVE.get(id(index))
+    if generation is not None and memo is not None and memo[0] == generation:
+        return memo[1]
     rows = index.query_dicts(EMPTY_ENTITIES_SQL)
-    return bool(rows) and int(rows[0]["n"]) == 0
+    answer = bool(rows) and int(rows[0]["n"]) == 0
+    if generation is not None and getattr(index, "generation", None) == generation:
+        _ALL_LIVE[id(index)] = (generation, answer)
+    return answer
+
+
+#: id(store) -> (its write generation, whether every entity was live then).
+_ALL_LIVE: dict[int, tuple[int, bool]] = {}
 
 
 def _page_extra(

@@ -102,6 +102,7 @@ class ClickHouseStore:
         self._idle: list[Client] = []
         self._clients: list[Client] = []
         self._closed = False
+        self._writes = 0
         # Embedded only: there every write goes through this object (read_cache.py).
         # CHRONICLE_READ_CACHE=0 turns it off (benchmarks measure both ways).
         cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
@@ -184,15 +185,26 @@ class ClickHouseStore:
 
     # -- clients -----------------------------------------------------------------
 
+    @property
+    def generation(self) -> int | None:
+        """A number that changes with every write made through this store, or None
+        when others may write too (a ClickHouse server): what may be memoised."""
+        return self._writes if self.url.startswith("chdb:") else None
+
     @contextmanager
     def _writing(self) -> Iterator[None]:
+        self._writes += 1
         if self._cache is None:
-            yield
+            try:
+                yield
+            finally:
+                self._writes += 1
             return
         self._cache.write_started()
         try:
             yield
         finally:
+            self._writes += 1
             self._cache.write_finished()
 
     @contextmanager
