@@ -7,15 +7,23 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from api.dimse.commitment import DimseCourier, is_storage_sop_class
-from api.roles import API, PROJECTOR, CheckpointWatcher, NoFeed, NoIndex, ProjectionFeed
+from api.roles import (
+    API,
+    PROJECTOR,
+    CheckpointWatcher,
+    NoFeed,
+    NoIndex,
+    ProjectionFeed,
+    is_embedded_index,
+)
 from infra.errors import Unavailable
 from infra.factory import open_blob_store, open_event_log, open_projection_store
 from infra.ports import BlobStore, EventLog, ProjectionStore
 from infra.settings import ROLES, Settings
 from ingest.service import IngestService
-from projections.commitment import CommitmentReactor
+from projections.commitment import REACTOR, CommitmentReactor
 from projections.commitment_rules import ReportPolicy
-from projections.runner import Projector
+from projections.runner import PartitionSource, Projector
 
 log = logging.getLogger("chronicle")
 
@@ -103,12 +111,38 @@ def open_archive(
     if PROJECTOR not in roles:
         watcher = CheckpointWatcher(index)
         return Archive(settings, event_log, blobs, index, ingest, watcher, roles=roles)
-    projector = Projector(event_log, index, blobs=blobs, batch=settings.projector_batch)
-    commitment = _commitment_reactor(settings, event_log, index, blobs, projector)
+    group, reactor_log = _projector_group(settings, event_log, index, start_projector)
+    projector = Projector(
+        event_log, index, blobs=blobs, batch=settings.projector_batch, partitions=group
+    )
+    commitment = _commitment_reactor(settings, reactor_log, index, blobs, projector)
     if start_projector:
         projector.start()
         commitment.start()
     return Archive(settings, event_log, blobs, index, ingest, projector, commitment, roles)
+
+
+def _projector_group(
+    settings: Settings, event_log: EventLog, index: ProjectionStore, start_projector: bool
+) -> tuple[PartitionSource | None, EventLog]:
+    """Projector processes sharing a ClickHouse server split a Kafka topic's
+    partitions in a consumer group (docs/scale-out.md, "Several projectors"); the
+    commitment reactor then follows the same share. On chDB one process projects
+    every partition; so does a command that projects once (start_projector=False)."""
+    kafka = settings.log_url.lower().startswith("kafka:")
+    if not start_projector or not kafka or is_embedded_index(settings.index_url):
+        return None, event_log
+    from infra.clickhouse import http_client_args
+    from infra.kafka_group import OwnedPartitionsLog
+    from infra.kafka_log import KafkaEventLog
+
+    assert isinstance(event_log, KafkaEventLog)
+    database = http_client_args(settings.index_url)["database"]
+    group = event_log.join_group(
+        event_log.options.projector_group or f"chronicle-projector-{database}"
+    )
+    reactor_checkpoint = CheckpointWatcher(index, name=REACTOR).checkpoint
+    return group, OwnedPartitionsLog(event_log, group, reactor_checkpoint)
 
 
 def _commitment_reactor(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from confluent_kafka import (
     OFFSET_END,
@@ -62,20 +62,30 @@ class LogReader:
             raise Invalid(f"kafka consumer configuration: {exc.args[0].str()}") from exc
         self._warm_up()
 
-    def read(self, start: Mapping[int, int], max_records: int) -> list[LogRecord]:
-        unknown = set(start) - set(self._partitions)
+    def read(
+        self,
+        start: Mapping[int, int],
+        max_records: int,
+        partitions: Collection[int] | None = None,
+    ) -> list[LogRecord]:
+        """Records from `start` in every partition, or only in `partitions` (a
+        projector's share of a consumer group): the position's other entries are ignored."""
+        wanted = self._partitions if partitions is None else sorted(partitions)
+        unknown = (set(start) | set(wanted)) - set(self._partitions)
         if unknown:
             raise Invalid(
                 f"kafka topic {self._topic} has partitions {self._partitions},"
                 f" the position names {sorted(unknown)}"
             )
+        if not wanted:
+            return []
         records: list[LogRecord] = []
 
         def keep(message: Message) -> None:
             key = (message.key() or b"").decode("utf-8", "replace")
             records.append(LogRecord(*position_of(message), key, message.value() or b""))
 
-        offsets = {p: start.get(p, 0) for p in self._partitions}
+        offsets = {p: start.get(p, 0) for p in wanted}
         self._fetch_to_end(offsets, keep, max_records)
         return records
 

@@ -9,6 +9,9 @@ Same verbs and meaning as the SQLite log (infra/sqlite_log.py):
   partition, so one study's events stay in order.
 - read(start) returns the records at or after a Position, in order per
   partition, from explicit offsets; nothing is committed to the broker.
+  read_partitions() does the same for some partitions only.
+- join_group(group_id) makes this process a member of a projector group
+  (infra/kafka_group.py): which partitions it projects, never where it stands.
 - end() is the Position just past the last acknowledged record of every
   partition, robust to Tansu's lagging high watermark (infra/kafka_consumer.py).
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from confluent_kafka import KafkaError, KafkaException
@@ -33,6 +36,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from infra.errors import Invalid, Unavailable
 from infra.kafka_consumer import LogReader
+from infra.kafka_group import PartitionOwnership
 from infra.kafka_options import KafkaOptions, parse_kafka_url
 from infra.kafka_producer import BatchedProducer
 from infra.ports import LogRecord, Position
@@ -62,6 +66,7 @@ class KafkaEventLog:
         self._producer = BatchedProducer(options)
         self._end_lock = threading.Lock()
         self._last_end: tuple[float, dict[int, int]] | None = None
+        self._groups: list[PartitionOwnership] = []
         self._closed = False
         try:
             self.partitions = ensure_topic(options)
@@ -90,6 +95,24 @@ class KafkaEventLog:
             raise Unavailable(f"kafka event log {self.topic} is closed")
         return self._reader.read(start, max_records)
 
+    def read_partitions(
+        self, start: Position, partitions: Collection[int], max_records: int = 1000
+    ) -> list[LogRecord]:
+        """Like read(), over `partitions` only (the rest of `start` is ignored)."""
+        if max_records < 1:
+            raise Invalid(f"max_records must be positive, not {max_records}")
+        if self._closed:
+            raise Unavailable(f"kafka event log {self.topic} is closed")
+        return self._reader.read(start, max_records, partitions)
+
+    def join_group(self, group_id: str) -> PartitionOwnership:
+        """Join `group_id` for this topic; the membership ends at close() (or the log's)."""
+        if self._closed:
+            raise Unavailable(f"kafka event log {self.topic} is closed")
+        ownership = PartitionOwnership(self.options, group_id)
+        self._groups.append(ownership)
+        return ownership
+
     def end(self) -> dict[int, int]:
         if self._closed:
             raise Unavailable(f"kafka event log {self.topic} is closed")
@@ -108,6 +131,8 @@ class KafkaEventLog:
         if self._closed:
             return
         self._closed = True
+        for ownership in self._groups:
+            ownership.close()
         self._producer.close()
         self._reader.close()
         self._prober.close()

@@ -44,9 +44,16 @@ PROTECTED = frozenset(
         "auto.offset.reset",
     }
 )
+#: librdkafka settings that a named option sets: the option, not the pass-through.
+NAMED = {
+    "group.id": "group_id or projector_group",
+    "partition.assignment.strategy": "group_assignment",
+    "session.timeout.ms": "group_session_timeout_ms",
+}
 _PASS_THROUGH = ("rdkafka.", "producer.", "consumer.")
 _SECURITY_PROTOCOLS = {"plaintext", "ssl", "sasl_plaintext", "sasl_ssl"}
 _COMPRESSIONS = {"none", "gzip", "snappy", "lz4", "zstd"}
+_ASSIGNMENTS = {"range", "roundrobin", "cooperative-sticky"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -76,7 +83,16 @@ class KafkaOptions:
     #: end() and read() wait for that answer, and nothing fetches between calls.
     fetch_wait_max_ms: int = 1
     client_id: str = "chronicle"
+    #: The readers' group.id, for observability only: readers assign, never join.
     group_id: str = "chronicle"
+    #: The consumer group projectors sharing one ClickHouse server join to split
+    #: the partitions; empty: `chronicle-projector-<database>` (api/wiring.py).
+    projector_group: str = ""
+    #: How the group spreads partitions: range (eager: every rebalance pauses
+    #: every projector briefly) or cooperative-sticky (only moved partitions pause).
+    group_assignment: str = "range"
+    #: A projector that stops heartbeating loses its partitions after this long.
+    group_session_timeout_ms: int = 10_000
     security_protocol: str = ""
     sasl_mechanism: str = ""
     username: str = ""
@@ -131,6 +147,25 @@ class KafkaOptions:
             "enable.partition.eof": True,
             "auto.offset.reset": "error",
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
+        }
+
+    def group_config(self, group_id: str) -> dict[str, Any]:
+        """A member that only holds partitions (infra/kafka_group.py): it never
+        fetches them and commits nothing, whatever the pass-through settings say."""
+        return {
+            **self._base(),
+            **self.common,
+            **self.consumer_extra,
+            "client.id": f"{self.client_id}-group",
+            "group.id": group_id,
+            "partition.assignment.strategy": self.group_assignment,
+            "session.timeout.ms": self.group_session_timeout_ms,
+            # Kafka's advice: heartbeats at most a third of the session timeout.
+            "heartbeat.interval.ms": max(100, self.group_session_timeout_ms // 5),
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "latest",
         }
 
     def _base(self) -> dict[str, Any]:
@@ -193,6 +228,9 @@ _OPTIONS: dict[str, Callable[[str, str], object]] = {
     "fetch_wait_max_ms": _int(1, 1_000),
     "client_id": _text,
     "group_id": _text,
+    "projector_group": _text,
+    "group_assignment": _choice(_ASSIGNMENTS),
+    "group_session_timeout_ms": _int(1_000, 3_600_000),
     "security_protocol": _choice(_SECURITY_PROTOCOLS),
     "sasl_mechanism": _text,
 }
@@ -259,6 +297,8 @@ def _librdkafka_name(name: str, prefix: str) -> str:
             f"kafka URL option {name!r}: {setting} is set by Chronicle"
             " (durable, ordered appends; no group commits) and cannot be overridden"
         )
+    if setting in NAMED:
+        raise Invalid(f"kafka URL option {name!r}: set {setting} with the option {NAMED[setting]}")
     return setting
 
 

@@ -3,6 +3,13 @@
 The checkpoint (a Position) is written to the projection store after the rows
 it covers. A crash between the two re-applies a batch on restart, which the
 idempotent tables absorb: each event's effect lands exactly once.
+
+Several projectors may share one projection store, each projecting the
+partitions a Kafka consumer group gives it (`partitions`, infra/kafka_group.py).
+Each partition's checkpoint row is then written by whichever projector owns the
+partition, and a projector reads the others' rows from the store: after a
+rebalance (a partition that arrives starts from its row, which its previous
+owner wrote before handing it back) and for read-your-writes (`wait()`, `lag()`).
 """
 
 from __future__ import annotations
@@ -10,12 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import orjson
 
-from infra.errors import ChronicleError
+from infra.errors import ChronicleError, Invalid
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
 from projections import stats
 from projections.conflicts import receipt_by_sop_rows
@@ -26,6 +34,8 @@ from schemas.events import InstanceStored
 log = logging.getLogger("chronicle.projector")
 
 IDLE_POLL_SECONDS = 0.02
+#: How often other projectors' checkpoint rows are re-read while a reader waits.
+CHECKPOINT_POLL_SECONDS = 0.02
 #: After a partial batch, how long new events may gather before the next
 #: insert when no reader is waiting (readers never wait this long: they poke).
 GATHER_SECONDS = 1.0
@@ -39,6 +49,29 @@ REPLACING_KEYS: dict[str, tuple[str, ...]] = {
     "series": ("series_instance_uid",),
     "instance": ("sop_instance_uid",),
 }
+
+
+class Assignment(Protocol):
+    """The partitions a projector owns under one generation of its group."""
+
+    @property
+    def generation(self) -> int: ...
+
+    @property
+    def partitions(self) -> frozenset[int]: ...
+
+
+class PartitionSource(Protocol):
+    """Which partitions to project (`infra.kafka_group.PartitionOwnership`).
+
+    held() keeps the assignment from being handed to another projector until
+    the batch projected under it has written its rows and checkpoint."""
+
+    def held(self) -> AbstractContextManager[Assignment]: ...
+
+
+#: `KafkaEventLog.read_partitions`: read() over some partitions only.
+PartitionReader = Callable[[Position, Collection[int], int], list[LogRecord]]
 
 
 def newest_per_key(table: str, rows: list[Row]) -> list[Row]:
@@ -71,8 +104,19 @@ class Projector:
         suffix: str = "",
         gather_seconds: float = GATHER_SECONDS,
         stats: bool = True,
+        partitions: PartitionSource | None = None,
     ) -> None:
         self._log = event_log
+        #: None: every partition (the embedded log, chDB, a lone projector).
+        self._partitions = partitions
+        self._read_partitions: PartitionReader | None = None
+        if partitions is not None:
+            self._read_partitions = getattr(event_log, "read_partitions", None)
+            if self._read_partitions is None:
+                raise Invalid(f"{type(event_log).__name__} cannot read some partitions only")
+        #: The group generation the last batch ran under (a change: re-read checkpoints).
+        self._generation: int | None = None
+        self._refreshed_at = 0.0
         self._index = index
         self._blobs = blobs
         self._batch = batch
@@ -93,17 +137,42 @@ class Projector:
     # -- position -----------------------------------------------------------
 
     def checkpoint(self) -> dict[int, int]:
+        """Where the projections stand. In a group that includes the other members'
+        checkpoint rows: this projector covers only the partitions it owns."""
+        if self._loaded and self._partitions is not None:
+            self._refresh(CHECKPOINT_POLL_SECONDS)
+        return self._current()
+
+    def _current(self) -> dict[int, int]:
         if not self._loaded:
-            rows = self._index.query(
-                f"SELECT partition, next_offset FROM checkpoint{self._suffix} FINAL "
-                "WHERE projector = {name:String}",
-                {"name": self._name},
-            )
+            stored = self._stored()
             with self._cond:
-                self._position = {int(p): int(o) for p, o in rows}
+                self._position = stored
                 self._loaded = True
         with self._cond:
             return dict(self._position)
+
+    def _stored(self) -> dict[int, int]:
+        rows = self._index.query(
+            f"SELECT partition, next_offset FROM checkpoint{self._suffix} FINAL "
+            "WHERE projector = {name:String}",
+            {"name": self._name},
+        )
+        return {int(p): int(o) for p, o in rows}
+
+    def _refresh(self, max_age: float = 0.0) -> None:
+        """Take in the stored checkpoint rows that are ahead: other projectors wrote them."""
+        now = time.monotonic()
+        if now - self._refreshed_at < max_age:
+            return
+        self._refreshed_at = now
+        stored = self._stored()
+        with self._cond:
+            for p, o in stored.items():
+                if o > self._position.get(p, 0):
+                    self._position[p] = o
+            self._loaded = True
+            self._cond.notify_all()
 
     def reload(self) -> None:
         """Forget the cached position (the checkpoint table was swapped by replay)."""
@@ -119,30 +188,52 @@ class Projector:
 
     def run_once(self) -> int:
         """Project one batch; return how many events it consumed."""
-        start = self.checkpoint()
-        records = self._log.read(start, self._batch)
+        if self._partitions is None:
+            return self._project_batch(None)
+        with self._partitions.held() as assignment:
+            if assignment.generation != self._generation:
+                # A rebalance: a partition that arrived may have moved on under
+                # another projector, whose checkpoint row says where.
+                self._current()
+                self._refresh()
+                self._generation = assignment.generation
+            if not assignment.partitions:
+                return 0
+            return self._project_batch(assignment.partitions)
+
+    def _project_batch(self, owned: frozenset[int] | None) -> int:
+        start = self._current()
+        if owned is None:
+            records = self._log.read(start, self._batch)
+        else:
+            assert self._read_partitions is not None
+            records = self._read_partitions(start, owned, self._batch)
         if not records:
             return 0
         rows = Rows()
-        after = dict(start)
+        advanced: dict[int, int] = {}
         for record in records:
             self._project(record, rows)
-            after[record.partition] = record.offset + 1
+            advanced[record.partition] = record.offset + 1
         touched = self._touched_studies(rows)
         for table, table_rows in rows.tables.items():
             self._insert(table, newest_per_key(table, table_rows))
         if touched:
+            # A study's events sit in one partition; its statistics' version
+            # grows with every batch that touches it, under any owner (a new
+            # owner's position includes the old owner's last checkpoint).
+            after = {**start, **advanced}
             stats.refresh(self._index, self._suffix, touched, version=sum(after.values()))
         self._insert(
             "checkpoint",
             [
                 {"projector": self._name, "partition": p, "next_offset": o, "version": o}
-                for p, o in after.items()
-                if start.get(p) != o
+                for p, o in advanced.items()
             ],
         )
         with self._cond:
-            self._position = after
+            for p, o in advanced.items():
+                self._position[p] = max(o, self._position.get(p, 0))
             self._cond.notify_all()
         return len(records)
 
@@ -242,14 +333,20 @@ class Projector:
                 self._wake.clear()
 
     def wait(self, target: Position, timeout: float) -> bool:
-        """Block until the checkpoint covers `target`; False on timeout."""
+        """Block until the checkpoint covers `target`; False on timeout.
+
+        In a group, partitions other projectors own are covered by their
+        checkpoint rows, re-read while waiting (as api.roles.CheckpointWatcher does)."""
         deadline = time.monotonic() + timeout
         self.checkpoint()
-        with self._cond:
-            while not covers(self._position, target):
+        while True:
+            with self._cond:
+                if covers(self._position, target):
+                    return True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
                 self._wake.set()
                 self._cond.wait(min(remaining, IDLE_POLL_SECONDS))
-        return True
+            if self._partitions is not None:
+                self._refresh(CHECKPOINT_POLL_SECONDS)

@@ -9,7 +9,7 @@ import pytest
 
 from infra.errors import Invalid
 from infra.factory import open_event_log
-from infra.kafka_options import PROTECTED, KafkaOptions, parse_kafka_url
+from infra.kafka_options import NAMED, PROTECTED, KafkaOptions, parse_kafka_url
 
 
 def test_defaults_are_the_production_safe_ones() -> None:
@@ -43,7 +43,8 @@ def test_every_named_option_is_read() -> None:
         "&min_insync_replicas=3&create_topic=false&delivery_timeout_ms=5000&linger_ms=2"
         "&compression=zstd&message_max_bytes=2000000&timeout_ms=3000&fetch_wait_max_ms=20"
         "&client_id=ingest-7&group_id=projector-a&security_protocol=SASL_SSL"
-        "&sasl_mechanism=SCRAM-SHA-512"
+        "&sasl_mechanism=SCRAM-SHA-512&projector_group=central-projectors"
+        "&group_assignment=cooperative-sticky&group_session_timeout_ms=20000"
     )
     assert options == KafkaOptions(
         bootstrap="k1:9093",
@@ -60,6 +61,9 @@ def test_every_named_option_is_read() -> None:
         fetch_wait_max_ms=20,
         client_id="ingest-7",
         group_id="projector-a",
+        projector_group="central-projectors",
+        group_assignment="cooperative-sticky",
+        group_session_timeout_ms=20_000,
         security_protocol="sasl_ssl",
         sasl_mechanism="SCRAM-SHA-512",
         username="alice",
@@ -102,6 +106,24 @@ def test_durability_and_placement_settings_cannot_be_overridden(setting: str) ->
             parse_kafka_url(f"kafka://k:9092/t?{prefix}{setting}=x")
 
 
+def test_a_projector_group_member_holds_partitions_and_commits_nothing() -> None:
+    options = parse_kafka_url("kafka://k:9092/t?consumer.fetch.max.bytes=1048576")
+    assert (options.projector_group, options.group_assignment) == ("", "range")
+    member = options.group_config("chronicle-projector-chronicle")
+    assert member["group.id"] == "chronicle-projector-chronicle"
+    assert member["enable.auto.commit"] is False and member["enable.auto.offset.store"] is False
+    assert member["partition.assignment.strategy"] == "range"
+    assert member["session.timeout.ms"] == 10_000 and member["heartbeat.interval.ms"] == 2_000
+    assert member["fetch.max.bytes"] == "1048576", "pass-through settings reach the member"
+    assert options.consumer_config()["group.id"] == "chronicle", "readers keep group_id"
+
+
+@pytest.mark.parametrize("setting", sorted(NAMED))
+def test_group_settings_go_through_their_named_options(setting: str) -> None:
+    with pytest.raises(Invalid, match=f"with the option {NAMED[setting]}"):
+        parse_kafka_url(f"kafka://k:9092/t?consumer.{setting}=x")
+
+
 @pytest.mark.parametrize(
     "url",
     [
@@ -123,6 +145,9 @@ def test_durability_and_placement_settings_cannot_be_overridden(setting: str) ->
         "kafka://k:9092/t?client_id=",
         "kafka://k:9092/t?partition=3",
         "kafka://k:9092/t?rdkafka.=1",
+        "kafka://k:9092/t?group_assignment=sticky",
+        "kafka://k:9092/t?group_session_timeout_ms=10",
+        "kafka://k:9092/t?projector_group=",
     ],
 )
 def test_malformed_urls_are_refused_before_connecting(url: str) -> None:
