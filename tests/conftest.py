@@ -11,7 +11,14 @@ import os
 
 from hypothesis import settings
 
+from api.dimse.tuning import tune_pynetdicom
+
 os.environ["TCP_NODELAY"] = "1"
+
+# The tests' own pynetdicom clients get what Chronicle's get (api.dimse.tuning):
+# among them the race-free reactor pause, without which a client can lose a
+# response that arrives within a millisecond.
+tune_pynetdicom()
 
 # Property tests judge correctness, not speed: on a shared 2-core CI machine a
 # slow example must not fail a run (speed lives in bench/).

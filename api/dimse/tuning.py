@@ -8,6 +8,8 @@
   possibly behind one sleep. Measured with a no-op C-STORE handler and dcmtk
   storescu over one association (200 x 0.5 MB): 202 -> 269 instances/s, and
   less CPU per instance (3.75 -> 2.95 ms).
+* The reactor pause made race-free (`api.dimse.reactor_pause`): a request
+  answered within a millisecond no longer loses its response.
 * Command sets encoded directly (`api.dimse.command_encode`): ~0.4 ms of
   CPU per DIMSE message less.
 
@@ -26,6 +28,7 @@ from pynetdicom import association as _association_module
 from pynetdicom import transport as _transport
 
 from .command_encode import install_command_encoder
+from .reactor_pause import install_reactor_pause
 
 #: How long the association reactor and the DUL reader sleep when idle.
 POLL_SECONDS = 0.0002
@@ -66,6 +69,7 @@ def tune_pynetdicom() -> None:
         return
     _tuned = True
     install_command_encoder()
+    install_reactor_pause()
     _association_module.time = _FastPollTime()  # type: ignore[assignment,attr-defined]
 
     original_init = _transport.AssociationSocket.__init__
