@@ -2,6 +2,7 @@
 #   make serve      run the archive on the embedded defaults in ./data
 #   make test       lint, typecheck and the whole test suite (what CI runs)
 #   make lint | typecheck | bench
+#   make bench-scale  the scale suite (bench/scale.py); SCALE_ARGS="--quick" for a smoke run
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := test
@@ -23,8 +24,9 @@ TOOL_FILES := /usr/bin/storescu /usr/bin/findscu /usr/bin/echoscu /usr/bin/dcmod
 # Stamps: reinstall only when pyproject.toml changes (or the venv is new).
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: serve test lint typecheck pytest bench tools venv clean
+.PHONY: serve test lint typecheck pytest bench bench-scale tools venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +73,15 @@ test: lint typecheck pytest
 
 bench: $(TEST_STAMP) tools
 	TCP_NODELAY=1 $(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+# The benchmarks' own extra (matplotlib, psutil) on top of the test tools.
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(RUNTIME_STAMP) $(TEST_STAMP) $@
+
+# Never part of `make test`: 10k/100k/1M, Orthanc beside, a 10-minute soak (hours in all).
+bench-scale: $(BENCH_STAMP) tools
+	TCP_NODELAY=1 $(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
