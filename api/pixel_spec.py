@@ -134,7 +134,24 @@ def decode_frame(encoded: bytes, ts: str, spec: PixelSpec) -> DecodedFrame:
     photometric = str(changed.get("photometric_interpretation", spec.photometric))
     if photometric.startswith("YBR_FULL_422"):
         photometric = "YBR_FULL"  # pydicom has undone the subsampling
-    return DecodedFrame(array, _replace(spec, photometric=photometric, planar=0))
+    return DecodedFrame(
+        _sign_extended(array, spec), _replace(spec, photometric=photometric, planar=0)
+    )
+
+
+def _sign_extended(array: Frame, spec: PixelSpec) -> Frame:
+    """Signed pixels in fewer Bits Stored than their container, sign-extended.
+
+    Some decoders (JPEG-LS through pydicom, for 2-bit signed data: found by the
+    property test) hand back the codestream's unsigned samples; extending from
+    bit Bits Stored - 1 is right whether or not the decoder already did it."""
+    width = 8 * array.dtype.itemsize
+    if not spec.signed or array.dtype.kind not in "iu" or spec.bits_stored >= width:
+        return array
+    shift = width - spec.bits_stored
+    signed = array.view(array.dtype.str.replace("u", "i"))
+    extended: Frame = (signed << shift) >> shift
+    return extended
 
 
 def _decode_jpeg_xl(encoded: bytes, spec: PixelSpec) -> DecodedFrame:

@@ -81,3 +81,16 @@ def test_refusals_by_pixel_description() -> None:
     assert "YBR_FULL" in codecs.CODECS["1.2.840.10008.1.2.4.80"].refusal(ybr16)
     four = PixelSpec(8, 8, 4, 8, 8, False, "ARGB")
     assert "samples" in codecs.CODECS["1.2.840.10008.1.2.4.90"].refusal(four)
+
+
+@pytest.mark.parametrize("uid", LOSSLESS)
+def test_signed_pixels_in_two_bits_come_back_negative(uid: str) -> None:
+    """Found by the property test: JPEG-LS returned 2-bit signed samples unsigned."""
+    codec = codecs.CODECS[uid]
+    spec = PixelSpec(3, 3, 1, 8, 2, True, "MONOCHROME2")
+    if codec.refusal(spec):
+        return  # this codec refuses such pixels; the refusal is tested elsewhere
+    pixels = np.array([[1, 0, 0], [-1, -1, -2], [-2, -2, -2]], dtype=np.int8)
+    encoded = codecs.encode_frames(codec, [pixels], spec, codecs.DEFAULT_QUALITY)
+    coded_spec = dataclasses.replace(spec, photometric=encoded.photometric)
+    assert np.array_equal(decode_frame(encoded.frames[0], uid, coded_spec).array, pixels)
