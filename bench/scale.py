@@ -65,6 +65,7 @@ class Plan:
     orthanc_budget_s: float
     profile_seconds: float
     chronicle_args: list[str] = field(default_factory=list)
+    skip_replay: bool = False
 
     @property
     def viewer_size(self) -> int:
@@ -142,11 +143,14 @@ def run_chronicle(
     folder = work / "chronicle"
     tree = results.setdefault("chronicle", {})
     done, studies = tree.get("_studies", 0), Shape.of(size).studies
-    print(f"Chronicle: appending studies {done:,}..{studies:,} and replaying", flush=True)
-    fill = fill_chronicle(folder / "data", Shape.of(max(plan.sizes)), done, studies)
+    if plan.skip_replay and str(size) in tree.get("fill", {}):
+        print(f"Chronicle: serving the index a resumed run already replayed to {size:,}")
+    else:
+        print(f"Chronicle: appending studies {done:,}..{studies:,} and replaying", flush=True)
+        fill = fill_chronicle(folder / "data", Shape.of(max(plan.sizes)), done, studies)
+        print(f"  replay: {fill['events']:,} events, {fill['replay_per_s']:,.0f}/s", flush=True)
+        tree.setdefault("fill", {})[str(size)] = fill
     tree["_studies"] = studies
-    print(f"  replay: {fill['events']:,} events, {fill['replay_per_s']:,.0f}/s", flush=True)
-    tree.setdefault("fill", {})[str(size)] = fill
     keys = QueryKeys(Shape.of(size))
     with serving_chronicle(folder, plan.chronicle_args) as archive:
         measured = measure_archive(archive, size, keys, plan, viewer)
@@ -228,6 +232,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         orthanc_budget_s=args.orthanc_budget,
         profile_seconds=args.profile_seconds,
         chronicle_args=shlex.split(args.chronicle_args),
+        skip_replay=args.skip_replay,
     )
 
 
@@ -243,6 +248,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--chronicle-args", default="", help="extra `chronicle serve` flags")
     parser.add_argument("--work-dir", type=Path, help="archives' folder (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the archives' folder")
+    parser.add_argument(
+        "--skip-replay",
+        action="store_true",
+        help="with --resume: serve an index whose replay the interrupted run already measured",
+    )
     parser.add_argument(
         "--resume",
         type=Path,

@@ -178,9 +178,10 @@ def latency_table(results: dict[str, Any]) -> Iterator[str]:
 def other_table(results: dict[str, Any]) -> Iterator[str]:
     chronicle, orthanc = results.get("chronicle", {}), results.get("orthanc", {})
     for size, fill in sorted(chronicle.get("fill", {}).items(), key=lambda item: int(item[0])):
+        appended = f"{fill['append_s']:.1f} s" if fill.get("append_s") is not None else "-"
         yield (
             f"Chronicle @{_size_label(int(size))}: appended {fill['appended']:,} events in "
-            f"{fill['append_s']:.1f} s; replay {fill['events']:,} events in "
+            f"{appended}; replay {fill['events']:,} events in "
             f"{fill['replay_s']:.1f} s = {fill['replay_per_s']:,.0f} events/s"
         )
     for size, fill in sorted(orthanc.get("fill", {}).items(), key=lambda item: int(item[0])):
