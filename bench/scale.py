@@ -131,9 +131,10 @@ def measure_archive(
 def _file(results: dict[str, Any], archive: str, size: int, measured: dict[str, Any]) -> None:
     """Queries under results[archive]["queries"][size], the rest under ["viewer"][size]."""
     tree = results.setdefault(archive, {})
-    tree.setdefault("queries", {})[str(size)] = measured.pop("queries")
-    if measured:
-        tree.setdefault("viewer", {})[str(size)] = measured
+    rest = {name: part for name, part in measured.items() if name != "queries"}
+    tree.setdefault("queries", {})[str(size)] = measured["queries"]
+    if rest:
+        tree.setdefault("viewer", {})[str(size)] = rest
 
 
 def run_chronicle(
@@ -154,9 +155,10 @@ def run_chronicle(
     keys = QueryKeys(Shape.of(size))
     with serving_chronicle(folder, plan.chronicle_args) as archive:
         measured = measure_archive(archive, size, keys, plan, viewer)
+        _file(results, "chronicle", size, dict(measured))
+        _save(results)  # before the long last phases
         if size == max(plan.sizes):
             _last_size(results, archive, keys, plan, measured)
-    _file(results, "chronicle", size, measured)
 
 
 def _last_size(
