@@ -18,18 +18,16 @@ from __future__ import annotations
 import select
 import socket
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import decode, encode
 
 from .find_encode import EncodedIdentifier
-from .peer import command_set
+from .peer import command_set, pdata_pdus
 from .storage_messages import Message
 
 C_FIND_RSP = 0x8020
@@ -82,11 +80,13 @@ class FindEvent:
 
 
 def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    if transfer_syntax in DEFLATED:
-        data = zlib.decompress(data, -zlib.MAX_WBITS)
-    implicit = transfer_syntax == IMPLICIT_LE
-    little = transfer_syntax != BIG_ENDIAN
-    return read_dataset(BytesIO(data), is_implicit_VR=implicit, is_little_endian=little)
+    """The request's identifier, read the way pynetdicom reads one."""
+    return decode(
+        BytesIO(data),
+        transfer_syntax == IMPLICIT_LE,
+        transfer_syntax != BIG_ENDIAN,
+        transfer_syntax in DEFLATED,
+    )
 
 
 class FindAnswer:
@@ -163,12 +163,7 @@ class FindAnswer:
             self._pdv(message.context_id, data, 0x00)
 
     def _pdv(self, context_id: int, payload: bytes, control: int) -> None:
-        view = memoryview(payload)
-        for start in range(0, max(len(view), 1), self._fragment):
-            part = view[start : start + self._fragment]
-            last = 0x02 if start + self._fragment >= len(view) else 0x00
-            size = len(part)
-            self._out += size_header(size, context_id, control | last)
+        for part in pdata_pdus(context_id, payload, control, self._fragment):
             self._out += part
 
     def _flush(self) -> None:
@@ -179,16 +174,6 @@ class FindAnswer:
                 self.open = False
         self._out.clear()
         self._flushed = time.monotonic()
-
-
-def size_header(size: int, context_id: int, control: int) -> bytes:
-    """P-DATA-TF PDU header and one PDV item header for `size` bytes of value."""
-    return (
-        bytes([0x04, 0])
-        + (size + 6).to_bytes(4, "big")
-        + (size + 2).to_bytes(4, "big")
-        + bytes([context_id, control])
-    )
 
 
 def _status(status: int | Dataset) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .peer import command_set, parse_command, text_value, us_value
+from .peer import command_set, parse_command, pdata_pdus, text_value, us_value
 
 P_DATA, RELEASE_RQ, RELEASE_RP, ABORT = 0x04, 0x05, 0x06, 0x07
 _COMMAND, _LAST = 0x01, 0x02
@@ -193,8 +193,8 @@ def read_exact(sock: socket.socket, size: int) -> bytes:
 
 
 def _pdata(context_id: int, command: bytes) -> bytes:
-    return struct.pack(">BBIIBB", P_DATA, 0, len(command) + 6, len(command) + 2, context_id,
-                       _COMMAND | _LAST) + command  # fmt: skip
+    """A response's command set as one P-DATA-TF (a few dozen bytes: one fragment)."""
+    return b"".join(pdata_pdus(context_id, command, _COMMAND, len(command) or 1))
 
 
 def echo_response(message: Message) -> bytes:

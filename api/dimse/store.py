@@ -149,7 +149,7 @@ def _dataset_start(head: bytes) -> int | None:
     return None
 
 
-def dataset_sop_instance_uid(path: Path, transfer_syntax: str, *, bare: bool = False) -> str | None:
+def dataset_sop_instance_uid(path: Path, transfer_syntax: str) -> str | None:
     """The dataset's own SOP Instance UID, from the file's first 16 KB.
 
     A walk over the leading elements (only group 0008 precedes the UID in a
@@ -163,7 +163,7 @@ def dataset_sop_instance_uid(path: Path, transfer_syntax: str, *, bare: bool = F
     order = ">" if transfer_syntax == "1.2.840.10008.1.2.2" else "<"
     with path.open("rb") as fh:
         head = fh.read(HEAD_BYTES)
-    pos = 0 if bare else _dataset_start(head)
+    pos = _dataset_start(head)
     while pos is not None and (found := _element_header(head, pos, implicit=implicit, order=order)):
         tag, header, length = found
         if tag > _SOP_INSTANCE_UID or length == UNDEFINED_LENGTH:
@@ -240,12 +240,8 @@ def store_received_dataset(
         limit = archive.settings.max_body_bytes
         if size > limit:
             raise Invalid(f"dataset of {size} bytes exceeds limit {limit}", OUT_OF_RESOURCES)
-        in_dataset = dataset_sop_instance_uid(path, transfer_syntax, bare=True)
-        if in_dataset is not None and in_dataset != sop_instance_uid:
-            raise Invalid(
-                f"dataset SOP Instance UID {in_dataset} differs from the command's",
-                DOES_NOT_MATCH_SOP_CLASS,
-            )
+        # Ingest parses the data set anyway and refuses one naming another
+        # instance before anything is kept: no second read here.
         outcome = archive.ingest.store_dataset_file(
             path,
             transfer_syntax_uid=transfer_syntax,

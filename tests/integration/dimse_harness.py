@@ -15,10 +15,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pydicom.filereader import read_dataset
 from pynetdicom import AE
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from api.dimse.server import DimseServer, start_dimse
+from infra.errors import Invalid
 from infra.settings import Settings
 from schemas.events import Source
 from tests.support import free_port
@@ -50,9 +52,25 @@ class ScriptedIngest:
         offset: int = 0,
         expected_sop_instance_uid: str | None = None,
     ) -> Any:
+        # As IngestService does: a data set naming another instance is refused
+        # before anything is kept.
+        named = _sop_instance_uid(path, transfer_syntax_uid)
+        if expected_sop_instance_uid is not None and named not in (None, expected_sop_instance_uid):
+            raise Invalid("dataset SOP Instance UID differs from the command's", status=0xA900)
         self.calls.append((path, source, path.read_bytes()))
         self.syntaxes.append(transfer_syntax_uid)
         return self.behaviour(path)
+
+
+def _sop_instance_uid(path: Path, transfer_syntax: str) -> str | None:
+    """The data set's SOP Instance UID, or None when the stand-in cannot read it."""
+    implicit = transfer_syntax == "1.2.840.10008.1.2"
+    try:
+        with path.open("rb") as fh:
+            ds = read_dataset(fh, is_implicit_VR=implicit, is_little_endian=True)
+        return str(ds.SOPInstanceUID)
+    except Exception:
+        return None
 
 
 @dataclass

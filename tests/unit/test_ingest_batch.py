@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from pynetdicom.dsutils import encode
 
 from infra.errors import Invalid, Unavailable
 from infra.factory import open_blob_store, open_event_log
@@ -69,3 +70,26 @@ def test_the_disk_floor_refuses_the_whole_request(tmp_path: Path) -> None:
     with pytest.raises(Unavailable):
         service.store_part10_files(_files(tmp_path, 2), source=STOW)
     blobs.close()
+
+
+def test_a_bare_data_set_naming_another_instance_is_refused_before_a_blob(
+    tmp_path: Path,
+) -> None:
+    """What a C-STORE on the storage link relies on (api.dimse.store)."""
+    log = open_event_log(f"sqlite://{tmp_path / 'log.db'}")
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    bare = tmp_path / "bare.dcm"
+    bare.write_bytes(encode(make_ct(rows=8, cols=8), False, True) or b"")  # Explicit VR LE
+    try:
+        with pytest.raises(Invalid) as refused:
+            IngestService(log, blobs).store_dataset_file(
+                bare,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                source=STOW,
+                expected_sop_instance_uid="1.2.3.4",
+            )
+        assert refused.value.status == 0xA900
+        assert list(blobs.keys()) == [] and log.end() in ({}, {0: 0})
+    finally:
+        log.close()
+        blobs.close()
