@@ -11,6 +11,11 @@ window. Here the checkpoint itself records, under a lock shared with
 `clear()`, whether the reactor is parked on it, and `_is_paused` reads that;
 the reactor's own "about to pause" flag is dropped as it enters `wait()`, so
 a sender never proceeds on it once the reactor has passed a set checkpoint.
+A reactor woken by `set()` leaves its parked state only under that lock and
+only if the checkpoint is still set: a `clear()` that slipped in between the
+wake-up and the lock (a sender that saw "parked" and went on) keeps it parked.
+Seen with 8 C-FIND clients in one process: one final response in ~1,500 was
+taken by the reactor, and the request timed out after 30 s.
 pynetdicom's other uses of the flag are kept: `kill()` and `_serve_request`
 (so a handler may call send_* on its own association) set it explicitly.
 """
@@ -39,11 +44,16 @@ class ReactorCheckpoint(threading.Event):
             if self.is_set():
                 return True
             self.parked = True
-        try:
-            return super().wait(timeout)
-        finally:
+        while True:
+            woken = super().wait(timeout)
             with self._guard:
+                # Cleared again between the wake-up and this guard: a sender has
+                # seen `parked` and is sending, so stay parked (the response it
+                # waits for must not be taken off the queue here).
+                if woken and not self.is_set():
+                    continue
                 self.parked = False
+                return woken
 
     def clear(self) -> None:
         with self._guard:
