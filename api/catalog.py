@@ -37,10 +37,7 @@ _COLUMNS = (
 
 # FINAL before WHERE: a later event (rejection, update) replaces the row, and
 # the filter must see the replacement, not an older version.
-_SELECT = (
-    f"SELECT {', '.join(_COLUMNS)} FROM instance FINAL"
-    " WHERE hidden = 0 AND study_instance_uid = {study:String}"
-)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instance FINAL"
 _ORDER = " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
 
 
@@ -75,15 +72,21 @@ def list_instances(
     sop_instance_uid: str | None = None,
 ) -> list[InstanceRow]:
     """Live instances of a study (optionally one series / one instance), in a stable order."""
-    sql = _SELECT
+    where = " WHERE hidden = 0 AND study_instance_uid = {study:String}"
     params: dict[str, Any] = {"study": study_uid}
     if series_uid is not None:
-        sql += " AND series_instance_uid = {series:String}"
+        where += " AND series_instance_uid = {series:String}"
         params["series"] = series_uid
     if sop_instance_uid is not None:
-        sql += " AND sop_instance_uid = {sop:String}"
+        where += " AND sop_instance_uid = {sop:String}"
         params["sop"] = sop_instance_uid
-    return [_row(record) for record in index.query_dicts(sql + _ORDER, params)]
+    # The matching SOP Instance UIDs first, reading only the narrow columns; the
+    # wide ones (metadata, frames) are then read by primary key. With FINAL every
+    # column of every granule the filter selects is read before filtering, and
+    # a study's instances are spread over the table (ordered by SOP Instance UID).
+    matching = f"SELECT sop_instance_uid FROM instance FINAL{where}"
+    sql = f"{_SELECT}{where} AND sop_instance_uid IN ({matching}){_ORDER}"
+    return [_row(record) for record in index.query_dicts(sql, params)]
 
 
 def _row(record: dict[str, Any]) -> InstanceRow:
