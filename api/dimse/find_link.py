@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -158,7 +159,11 @@ class FindAnswer:
         ]
         if comment:
             elements.append((0x00000902, "LO", comment))
-        self._pdv(message.context_id, command_set(elements), 0x01)
+        command = command_set(elements)
+        if data is not None and len(command) + len(data) + 12 <= self._fragment + 6:
+            self._out += one_pdu(message.context_id, command, data)
+            return
+        self._pdv(message.context_id, command, 0x01)
         if data is not None:
             self._pdv(message.context_id, data, 0x00)
 
@@ -174,6 +179,26 @@ class FindAnswer:
                 self.open = False
         self._out.clear()
         self._flushed = time.monotonic()
+
+
+_PDU_HEAD = struct.Struct(">BBI")
+_PDV_HEAD = struct.Struct(">IBB")
+
+
+def one_pdu(context_id: int, command: bytes, data: bytes) -> bytes:
+    """A small message as one P-DATA-TF holding two PDVs, its whole command set
+    then its whole data set (PS3.8 9.3.5 allows several PDVs per PDU). Half the
+    PDUs of one PDV each: a peer's upper layer pays per PDU (pynetdicom reads
+    one per turn of its loop), which is most of a C-FIND's time per match."""
+    body = b"".join(
+        (
+            _PDV_HEAD.pack(len(command) + 2, context_id, 0x03),
+            command,
+            _PDV_HEAD.pack(len(data) + 2, context_id, 0x02),
+            data,
+        )
+    )
+    return _PDU_HEAD.pack(0x04, 0, len(body)) + body
 
 
 def _status(status: int | Dataset) -> tuple[int, str]:
