@@ -64,19 +64,22 @@ class FileBlobStore:
     def put_if_absent(self, key: str, source: BinaryIO | bytes) -> bool:
         path = self._path(key)
         temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+        unsynced: list[Path] = []
         try:
             if path.parent in self._folders and os.path.isfile(path):
                 stored = False
             else:
                 if path.is_dir():
                     raise Conflict(f"blob key {key} names a folder of other blobs")
-                self._make_dirs(path.parent)
+                unsynced = self._make_dirs(path.parent)
                 _write_synced(temp, source)
                 stored = _link_if_absent(temp, path)
             # Also when the key existed: a concurrent writer may have linked it
             # without having fsynced the folder yet, and our caller will
             # acknowledge on the strength of this answer.
             _fsync_dir(path.parent)
+            if unsynced:
+                self._sync_entries(unsynced)
             return stored
         except _SourceFailed as failed:
             raise failed.error from None
@@ -89,21 +92,28 @@ class FileBlobStore:
                 # A leftover temp file is harmless: keys() skips it.
                 os.unlink(temp)
 
-    def _make_dirs(self, directory: Path) -> None:
-        # Each new directory's entry must itself be fsynced in its parent.
+    def _make_dirs(self, directory: Path) -> list[Path]:
+        """Make the missing folders of `directory`; return every folder on the way
+        whose entry in its parent is not yet known durable: made now, made by a
+        concurrent writer that may not have fsynced its parent yet (a folder
+        that merely exists proves nothing), or by an earlier process. The caller
+        fsyncs their parents (`_sync_entries`) before it acknowledges, after the
+        blob's own fsyncs."""
         if directory in self._folders:
-            return
-        target = directory
-        missing: list[Path] = []
-        while directory != self.root and not directory.is_dir():
-            missing.append(directory)
+            return []
+        pending: list[Path] = []
+        while directory != self.root and directory not in self._folders:
+            pending.append(directory)
             directory = directory.parent
-        for new in reversed(missing):
-            # Made by another writer meanwhile: its fsync of the parent may not have run yet.
+        for new in reversed(pending):
             with contextlib.suppress(FileExistsError):
                 new.mkdir()
-            _fsync_dir(new.parent)
-        self._folders.add(target)
+        return pending
+
+    def _sync_entries(self, folders: list[Path]) -> None:
+        for folder in folders:
+            _fsync_dir(folder.parent)
+        self._folders.update(folders)
 
     # -- read -------------------------------------------------------------------
 

@@ -136,3 +136,23 @@ def test_blobs_land_under_the_root_as_named(tmp_path: Path) -> None:
 def test_bad_prefixes_are_invalid(tmp_path: Path, prefix: str) -> None:
     with pytest.raises(Invalid):
         list(FileBlobStore(tmp_path).keys(prefix))
+
+
+def test_a_folder_made_by_another_writer_is_synced_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that exists may be another writer's, made but not yet fsynced in
+    its parent: the blob's acknowledgement must not rest on that writer."""
+    import infra.fs_blobs as fs_blobs
+
+    store = FileBlobStore(tmp_path)
+    (tmp_path / "instances" / "ab" / "cd").mkdir(parents=True)  # the other writer's mkdirs
+    synced: list[Path] = []
+    real = fs_blobs._fsync_dir
+    monkeypatch.setattr(fs_blobs, "_fsync_dir", lambda d: (synced.append(d), real(d))[1])
+    assert store.put_if_absent("instances/ab/cd/blob.dcm", b"data")
+    leaf = tmp_path / "instances" / "ab" / "cd"
+    assert set(synced) == {leaf, leaf.parent, leaf.parent.parent, tmp_path}
+    synced.clear()
+    store.put_if_absent("instances/ab/cd/other.dcm", b"more")
+    assert synced == [leaf]  # known durable now: only the entry of the new blob
