@@ -149,7 +149,12 @@ def test_a_folder_made_by_another_writer_is_synced_in_its_parent(
     (tmp_path / "instances" / "ab" / "cd").mkdir(parents=True)  # the other writer's mkdirs
     synced: list[Path] = []
     real = fs_blobs._fsync_dir
-    monkeypatch.setattr(fs_blobs, "_fsync_dir", lambda d: (synced.append(d), real(d))[1])
+
+    def recording(directory: Path) -> None:
+        synced.append(directory)
+        real(directory)
+
+    monkeypatch.setattr(fs_blobs, "_fsync_dir", recording)
     assert store.put_if_absent("instances/ab/cd/blob.dcm", b"data")
     leaf = tmp_path / "instances" / "ab" / "cd"
     assert set(synced) == {leaf, leaf.parent, leaf.parent.parent, tmp_path}
