@@ -85,7 +85,7 @@ def _check_record(
         return
     if not isinstance(payload, InstanceStored):
         return
-    refs = [payload.blob] + ([payload.sidecar] if payload.sidecar else [])
+    refs = [payload.blob, *(r for r in (payload.sidecar, payload.frames_sidecar) if r)]
     for ref in refs:
         if ref.key in referenced:
             continue

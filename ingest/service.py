@@ -33,6 +33,9 @@ log = logging.getLogger("chronicle.ingest")
 #: Events stay well under Kafka's 1 MB default message size; larger
 #: metadata (Enhanced multi-frame functional groups...) goes to a sidecar blob.
 MAX_INLINE_METADATA = 512 * 1024
+#: A frame table larger than this (encoded) goes to a sidecar blob too: with the
+#: metadata's 512 KiB the event stays under a Kafka record's 1 MB.
+MAX_INLINE_FRAMES = 256 * 1024
 
 
 def instance_blob_key(dataset_sha256: str) -> str:
@@ -297,10 +300,17 @@ class IngestService:
             frames=parsed.frames,
             frames_note=parsed.frames_note,
         )
+        if parsed.frames is not None:
+            table = orjson.dumps(parsed.frames)
+            if len(table) > MAX_INLINE_FRAMES:
+                event = replace(event, frames=None, frames_sidecar=self._sidecar(table))
         encoded = orjson.dumps(parsed.metadata)
         if len(encoded) <= MAX_INLINE_METADATA:
             return event
-        sha = hashlib.sha256(encoded).hexdigest()
+        return replace(event, metadata={}, sidecar=self._sidecar(encoded))
+
+    def _sidecar(self, document: bytes) -> BlobRef:
+        sha = hashlib.sha256(document).hexdigest()
         key = sidecar_blob_key(sha)
-        self._blobs.put_if_absent(key, encoded)
-        return replace(event, metadata={}, sidecar=BlobRef(key, sha, len(encoded), 0))
+        self._blobs.put_if_absent(key, document)
+        return BlobRef(key, sha, len(document), 0)

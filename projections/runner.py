@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -274,6 +275,11 @@ class Projector:
         if isinstance(payload, InstanceStored) and payload.sidecar and self._blobs is not None:
             with self._blobs.get(payload.sidecar.key) as fh:
                 metadata = orjson.loads(fh.read())
+        frames_ref = payload.frames_sidecar if isinstance(payload, InstanceStored) else None
+        if frames_ref is not None and self._blobs is not None:
+            with self._blobs.get(frames_ref.key) as fh:
+                frames = [[(int(o), int(n)) for o, n in f] for f in orjson.loads(fh.read())]
+            envelope = replace(envelope, payload=replace(payload, frames=frames))
         for produced in (
             rows_for(record, envelope, metadata),
             receipt_by_sop_rows(record, envelope),

@@ -39,6 +39,7 @@ def encode(envelope: Envelope) -> bytes:
 def _instance_stored(p: dict[str, Any]) -> InstanceStored:
     frames = p.get("frames")
     sidecar = p.get("sidecar")
+    frames_sidecar = p.get("frames_sidecar")
     return InstanceStored(
         sop_class_uid=p["sop_class_uid"],
         sop_instance_uid=p["sop_instance_uid"],
@@ -53,6 +54,7 @@ def _instance_stored(p: dict[str, Any]) -> InstanceStored:
         frames=[[(int(o), int(n)) for o, n in f] for f in frames] if frames is not None else None,
         frames_note=p.get("frames_note", ""),
         sidecar=BlobRef(**sidecar) if sidecar else None,
+        frames_sidecar=BlobRef(**frames_sidecar) if frames_sidecar else None,
     )
 
 

@@ -71,6 +71,9 @@ class InstanceStored:
     #: Why frames could not be given as ranges (deflated, big endian...).
     frames_note: str = ""
     sidecar: BlobRef | None = None
+    #: The frame table (`frames`, then None here) as a JSON blob, when it would
+    #: make the event too big for the log (Kafka's 1 MB record: ~47k frames).
+    frames_sidecar: BlobRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

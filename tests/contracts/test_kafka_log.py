@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
@@ -17,7 +18,7 @@ from infra.errors import Invalid, Unavailable
 from infra.factory import open_event_log
 from infra.kafka_log import KafkaEventLog
 from infra.ports import LogRecord, covers
-from ingest.service import MAX_INLINE_METADATA
+from ingest.service import MAX_INLINE_FRAMES, MAX_INLINE_METADATA
 from schemas import codec
 from schemas.events import BlobRef, Envelope, InstanceStored, Source
 from tests.support import free_port
@@ -202,7 +203,7 @@ def test_a_record_over_the_message_limit_is_invalid_and_nothing_is_appended(
 
 
 def test_the_largest_inline_ingest_event_fits_kafkas_default_limit(open_kafka: Opener) -> None:
-    """ingest moves metadata above MAX_INLINE_METADATA to a sidecar; what stays must fit."""
+    """ingest moves metadata and frame tables above their limits to sidecars; what stays fits."""
     log = open_kafka(partitions=1)
     study = STUDIES[0]
     padding = "x" * (MAX_INLINE_METADATA - 64)
@@ -218,11 +219,13 @@ def test_the_largest_inline_ingest_event_fits_kafkas_default_limit(open_kafka: O
         blob=BlobRef("instances/ab/cd/" + "0" * 64 + ".dcm", "0" * 64, 10**9, 400),
         source=Source("DIMSE", "MODALITY", "CHRONICLE", "10.0.0.1:104"),
         metadata=metadata,
-        # A 2 GB multi-frame: 10,000 frame ranges travel inline too.
-        frames=[[(2_000_000_000 + n * 200_000, 200_000)] for n in range(10_000)],
+        # A multi-frame of over 2 GB with the largest frame table kept inline
+        # (22 bytes per frame); a larger one goes to a sidecar too.
+        frames=[[(2_000_000_000 + n * 200_000, 200_000)] for n in range(MAX_INLINE_FRAMES // 22)],
     )
+    assert len(orjson.dumps(event.frames)) <= MAX_INLINE_FRAMES
     encoded = codec.encode(Envelope.of(event, study))
-    assert len(encoded) > MAX_INLINE_METADATA
+    assert len(encoded) > MAX_INLINE_METADATA + MAX_INLINE_FRAMES - 1024
     [position] = log.append([(study, encoded)])
     [record] = log.read({0: position[1]}, 1)
     assert record.value == encoded

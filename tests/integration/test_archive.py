@@ -208,6 +208,42 @@ def test_huge_metadata_goes_to_a_sidecar(
     assert meta["00204000"]["Value"] == ["x" * 10_000]
 
 
+def test_a_huge_frame_table_goes_to_a_sidecar(
+    archive: Archive, client: TestClient, tmp_path: Path
+) -> None:
+    """30,000 one-pixel frames: a frame table of ~500 KB would, with the metadata,
+    pass Kafka's 1 MB record; it goes to a sidecar blob and frames still resolve."""
+    frames = 30_000
+    ds = make_ct(patient_id="FRAMES-1", rows=1, cols=1)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.NumberOfFrames = frames
+    ds.PixelData = bytes(i % 251 for i in range(frames))
+    outcome = store(archive, ds, tmp_path)
+    event = outcome.event
+    assert event.frames is None and event.frames_sidecar is not None
+    assert len(codec.encode(events(archive)[-1])) < 100_000
+    assert archive.projector.wait(archive.log.end(), 10)
+    [(table,)] = archive.index.query(
+        "SELECT frames FROM instance FINAL WHERE sop_instance_uid = {uid:String}",
+        {"uid": ds.SOPInstanceUID},
+    )
+    assert len(orjson.loads(table)) == frames  # the projector read the sidecar
+    url = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}/frames/1,{frames}"
+    )
+    response = client.get(
+        url, headers={"Accept": 'multipart/related; type="application/octet-stream"'}
+    )
+    assert response.status_code == 200, response.text
+    bodies = [
+        body for _, body in split_multipart(response.content, response.headers["content-type"])
+    ]
+    assert bodies == [bytes([0]), bytes([(frames - 1) % 251])]
+    report = check_archive(archive.log, archive.blobs, verify_hashes=True)
+    assert report.ok and event.frames_sidecar.key not in report.orphans
+
+
 def _answers(client: TestClient, study_uids: list[str]) -> list[Any]:
     out: list[Any] = [studies(client, limit="1000")]
     for uid in sorted(study_uids):

@@ -63,6 +63,19 @@ def test_sidecar_and_no_frames_round_trip() -> None:
     jsonschema.validate(json.loads(codec.encode(envelope)), schema())
 
 
+def test_frames_sidecar_round_trips_and_older_events_lack_it() -> None:
+    event = instance(frames=None, frames_sidecar=BlobRef("sidecars/f.json", SHA, 99, 0))
+    envelope = Envelope.of(event, key="1.2")
+    data = codec.encode(envelope)
+    assert codec.decode(data) == envelope
+    jsonschema.validate(json.loads(data), schema())
+    older = json.loads(codec.encode(Envelope.of(instance(), key="1.2")))
+    del older["payload"]["frames_sidecar"]  # written before the field existed
+    jsonschema.validate(older, schema())
+    decoded = codec.decode(json.dumps(older).encode()).payload
+    assert isinstance(decoded, InstanceStored) and decoded.frames_sidecar is None
+
+
 def test_upcasters_run_for_older_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     envelope = Envelope.of(instance(), key="1.2")
     raw = json.loads(codec.encode(envelope))
