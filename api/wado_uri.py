@@ -12,6 +12,7 @@ plain `def`: FastAPI runs it in the thread pool.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import re
@@ -348,7 +349,7 @@ def _dicom_body(
     """
     data = _read(archive, row)
     if request.anonymize:
-        data = _deidentified(data)
+        data = _deidentified(data, uid_salt(archive.settings.anonymize_uid_secret))
     stored = row.transfer_syntax_uid
     target = request.transfer_syntax or pixels.EXPLICIT_VR_LITTLE_ENDIAN
     if target in (pixels.IMPLICIT_VR_LITTLE_ENDIAN, pixels.EXPLICIT_VR_BIG_ENDIAN):
@@ -374,10 +375,17 @@ def _not_acceptable(exc: pixels.TranscodeUnsupported) -> Refusal:
     return Refusal(406, "Not Acceptable", f"{exc.reason}; transferSyntax=* returns it as stored")
 
 
-def _deidentified(data: bytes) -> bytes:
+def uid_salt(secret: str) -> bytes:
+    """The salt of replacement UIDs: from the configured secret, else this process's own."""
+    if not secret:
+        return _UID_SALT
+    return hashlib.sha256(b"chronicle anonymize uid " + secret.encode()).digest()
+
+
+def _deidentified(data: bytes, salt: bytes) -> bytes:
     ds = dcmread(io.BytesIO(data))
     try:
-        anonymize(ds, UidMap(_UID_SALT))
+        anonymize(ds, UidMap(salt))
     except NotDeidentifiable as exc:
         raise Refusal(409, "Conflict", f"cannot anonymize this object: {exc}") from exc
     out = io.BytesIO()

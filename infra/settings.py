@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     commitment_retry_delay: float = 2.0
     commitment_retry_backoff: float = 2.0
     commitment_retry_max_delay: float = 60.0
+    #: WADO-URI anonymize=yes: the secret its replacement UIDs derive from. Set,
+    #: the same UID maps to the same replacement in every process and after a
+    #: restart; empty, each process draws its own (consistent while it runs).
+    anonymize_uid_secret: str = Field(default="", repr=False)
     #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
     workers: int = 1
     #: What this process runs: any of ingest, projector, api (see api/roles.py).

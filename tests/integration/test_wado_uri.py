@@ -30,8 +30,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from api.anonymize import UidMap
 from api.app import create_app
 from api.presentation_state import GSPS_SOP_CLASS
+from api.wado_uri import uid_salt
 from api.wiring import Archive, open_archive
 from infra.settings import load_settings
 from schemas.events import Source
@@ -319,6 +321,22 @@ def test_anonymize_applies_the_basic_profile(client: TestClient, stored: Stored)
         second.StudyInstanceUID,
         second.SeriesInstanceUID,
     )
+
+
+def test_a_configured_secret_makes_replacement_uids_stable(
+    archive: Archive, client: TestClient, stored: Stored
+) -> None:
+    """Every worker process and every restart must agree on the new UIDs: they
+    derive from the configured secret, not from a salt drawn at start."""
+    default = dcmread(io.BytesIO(wado(client, stored.ct, anonymize="yes").content))
+    archive.settings.anonymize_uid_secret = "site secret"
+    try:
+        first = dcmread(io.BytesIO(wado(client, stored.ct, anonymize="yes").content))
+    finally:
+        archive.settings.anonymize_uid_secret = ""
+    expected = UidMap(uid_salt("site secret"))(stored.ct.SOPInstanceUID)
+    assert first.SOPInstanceUID == expected != default.SOPInstanceUID
+    assert uid_salt("site secret") == uid_salt("site secret") != uid_salt("other")
 
 
 def test_non_image_objects_default_to_application_dicom(client: TestClient, stored: Stored) -> None:
