@@ -161,7 +161,8 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         total = sum(event_log.end().values())
         with tqdm(total=total, unit="event", desc="replay") as bar:
-            applied = replay(event_log, index, blobs, progress=bar.update)
+            embedded = settings.index_url.startswith("chdb:")
+            applied = replay(event_log, index, blobs, progress=bar.update, merge=embedded)
         print(f"replayed {applied} events; projections swapped in")
         return 0
     finally:

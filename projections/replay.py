@@ -49,8 +49,13 @@ def replay(
     *,
     batch: int = 5000,
     progress: Callable[[int], None] | None = None,
+    merge: bool = True,
 ) -> int:
-    """Rebuild the projection tables from the whole log; return events applied."""
+    """Rebuild the projection tables from the whole log; return events applied.
+
+    `merge`: merge each fresh table to one part before the swap (the embedded
+    index). A ClickHouse server merges in the background of its own; there
+    OPTIMIZE ... FINAL would rewrite every table whole."""
     for table in TABLES:
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")
     migrate(index, suffix=SUFFIX)
@@ -78,10 +83,11 @@ def replay(
     # left to background merges in the serving process, searches over them ran
     # 2-2.5x slower (FINAL merges every part per query) while the merges also
     # took the CPU (bench/query.py at 10k, docs/performance.md).
-    started = time.perf_counter()
-    for table in TABLES:
-        index.command(f"OPTIMIZE TABLE {table}{SUFFIX} FINAL")
-    log.info("merged the fresh tables in %.1f s", time.perf_counter() - started)
+    if merge:
+        started = time.perf_counter()
+        for table in TABLES:
+            index.command(f"OPTIMIZE TABLE {table}{SUFFIX} FINAL")
+        log.info("merged the fresh tables in %.1f s", time.perf_counter() - started)
     for table in TABLES:
         index.command(f"EXCHANGE TABLES {table} AND {table}{SUFFIX}")
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")
