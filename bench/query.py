@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -123,6 +123,28 @@ def dicom_json(attrs: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(out.items()))
 
 
+def stored_record(attrs: dict[str, Any]) -> tuple[str, bytes]:
+    """The log record (key, encoded envelope) an ingest of this instance would append.
+
+    The blob reference points nowhere: queries never read blobs, and the
+    projector only reads one for a sidecar, which these events have not.
+    """
+    event = InstanceStored(
+        sop_class_uid=CT_STORAGE,
+        sop_instance_uid=attrs["SOPInstanceUID"],
+        series_instance_uid=attrs["SeriesInstanceUID"],
+        study_instance_uid=attrs["StudyInstanceUID"],
+        patient_id=attrs["PatientID"],
+        issuer_of_patient_id="",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        blob=BlobRef(f"instances/00/00/{SHA}.dcm", SHA, 0, 0),
+        source=Source("IMPORT"),
+        metadata=dicom_json(attrs),
+    )
+    key = event.study_instance_uid
+    return key, codec.encode(Envelope.of(event, key))
+
+
 def fill_chronicle(data_dir: Path, instances: int) -> float:
     """Append InstanceStored events for the corpus and replay them; seconds spent."""
     started = time.perf_counter()
@@ -130,21 +152,7 @@ def fill_chronicle(data_dir: Path, instances: int) -> float:
     log = open_event_log(f"sqlite://{data_dir}/log.db")
     batch: list[tuple[str, bytes]] = []
     for attrs in corpus(instances):
-        event = InstanceStored(
-            sop_class_uid=CT_STORAGE,
-            sop_instance_uid=attrs["SOPInstanceUID"],
-            series_instance_uid=attrs["SeriesInstanceUID"],
-            study_instance_uid=attrs["StudyInstanceUID"],
-            patient_id=attrs["PatientID"],
-            issuer_of_patient_id="",
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            blob=BlobRef(f"instances/00/00/{SHA}.dcm", SHA, 0, 0),
-            source=Source("IMPORT"),
-            metadata=dicom_json(attrs),
-        )
-        batch.append(
-            (event.study_instance_uid, codec.encode(Envelope.of(event, event.study_instance_uid)))
-        )
+        batch.append(stored_record(attrs))
         if len(batch) == 2000:
             log.append(batch)
             batch = []
@@ -162,8 +170,8 @@ def part10(attrs: dict[str, Any]) -> bytes:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CT_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = attrs["SOPInstanceUID"]
+    ds.file_meta.MediaStorageSOPClassUID = UID(CT_STORAGE)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(attrs["SOPInstanceUID"])
     ds.SOPClassUID = CT_STORAGE
     for keyword, value in attrs.items():
         setattr(ds, keyword, value)

@@ -19,12 +19,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from pydicom.uid import ExplicitVRLittleEndian
-
-from bench.query import CT_STORAGE, MODALITIES, SHA, dicom_json, family_name
+from bench.query import MODALITIES, family_name, stored_record
 from infra.factory import open_event_log
-from schemas import codec
-from schemas.events import BlobRef, Envelope, InstanceStored, Source
 
 FIRST_DAY = date(2020, 1, 1)
 DAYS = 5 * 365
@@ -111,28 +107,6 @@ def instances(shape: Shape, start: int = 0, stop: int | None = None) -> Iterator
                     "SOPInstanceUID": f"{series_uid}.{number}",
                     "InstanceNumber": number,
                 }
-
-
-def stored_record(attrs: dict[str, Any]) -> tuple[str, bytes]:
-    """The log record (key, encoded envelope) an ingest of this instance would append.
-
-    The blob reference points nowhere: queries never read blobs, and the
-    projector only reads one for a sidecar, which these events have not.
-    """
-    event = InstanceStored(
-        sop_class_uid=CT_STORAGE,
-        sop_instance_uid=attrs["SOPInstanceUID"],
-        series_instance_uid=attrs["SeriesInstanceUID"],
-        study_instance_uid=attrs["StudyInstanceUID"],
-        patient_id=attrs["PatientID"],
-        issuer_of_patient_id="",
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        blob=BlobRef(f"instances/00/00/{SHA}.dcm", SHA, 0, 0),
-        source=Source("IMPORT"),
-        metadata=dicom_json(attrs),
-    )
-    key = event.study_instance_uid
-    return key, codec.encode(Envelope.of(event, key))
 
 
 def append_studies(log_url: str, shape: Shape, start: int, stop: int) -> int:
