@@ -135,6 +135,18 @@ class ClickHouseStore:
             return self._query_dicts(sql, parameters)
         return self._cache.read(key, lambda: self._query_dicts(sql, parameters))
 
+    def memo(
+        self,
+        key: Hashable,
+        build: Callable[[], list[dict[str, Any]]],
+        weigh: Callable[[list[dict[str, Any]]], int],
+    ) -> list[dict[str, Any]]:
+        """`build()`, kept like a statement's rows until the next write when the
+        read cache is on (fresh top-level dicts per call); else built every time."""
+        if self._cache is None:
+            return build()
+        return self._cache.read(("memo", key), build, weigh)
+
     def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         with self._lease() as client:
             result = client.query(sql, parameters=dict(parameters) if parameters else None)

@@ -10,7 +10,9 @@ it was being read. A ClickHouse server has writers elsewhere (projectors in
 other processes), so the store uses no cache there.
 
 Bounded by entries, rows per answer and an estimate of bytes; callers get
-fresh row dicts, never the cached ones (they annotate rows in place).
+fresh row dicts, never the cached ones (they annotate rows in place). Besides
+statement results it keeps whole answers built from them (`ClickHouseStore.memo`:
+a search's DICOM JSON), weighed by the caller.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class ReadCache:
             self._writing -= 1
             self._invalidate()
 
-    def read(self, key: Hashable, run: Callable[[], Rows]) -> Rows:
+    def read(
+        self, key: Hashable, run: Callable[[], Rows], weigh: Callable[[Rows], int] | None = None
+    ) -> Rows:
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
@@ -59,11 +63,10 @@ class ReadCache:
             generation = None if self._writing else self._generation
         rows = run()
         if generation is not None and len(rows) <= self._max_rows:
-            self._keep(key, rows, generation)
+            self._keep(key, rows, generation, (weigh or _estimate)(rows))
         return rows
 
-    def _keep(self, key: Hashable, rows: Rows, generation: int) -> None:
-        size = _estimate(rows)
+    def _keep(self, key: Hashable, rows: Rows, generation: int, size: int) -> None:
         with self._lock:
             if generation != self._generation or self._writing or size > self._max_bytes:
                 return

@@ -314,3 +314,22 @@ def test_replay_swaps_in_tables_of_one_part_each(archive: Archive, tmp_path: Pat
         " AND table IN ('patient', 'study', 'series', 'instance') GROUP BY table ORDER BY table"
     )
     assert parts == [("instance", 1), ("patient", 1), ("series", 1), ("study", 1)]
+
+
+def test_a_kept_search_answer_is_fresh_per_caller_and_dropped_on_write(
+    archive: Archive, tmp_path: Path
+) -> None:
+    from api.matching import Level, parse_qido, search_page
+
+    def patient_ids(found: Any) -> list[str]:
+        return sorted(obj["00100020"]["Value"][0] for obj in found.results)
+
+    store(archive, make_ct(patient_id="MEMO-1", rows=8, cols=8), tmp_path)
+    assert archive.projector.wait(archive.log.end(), 10)
+    query = parse_qido(Level.STUDY, [("PatientID", "MEMO-*")])
+    first = search_page(archive.index, query)
+    first.results[0]["00100020"] = {"vr": "LO", "Value": ["annotated"]}  # a caller's rewrite
+    assert patient_ids(search_page(archive.index, query)) == ["MEMO-1"]
+    store(archive, make_ct(patient_id="MEMO-2", rows=8, cols=8), tmp_path)
+    assert archive.projector.wait(archive.log.end(), 10)
+    assert patient_ids(search_page(archive.index, query)) == ["MEMO-1", "MEMO-2"]
