@@ -171,3 +171,26 @@ def test_an_index_held_by_another_process_is_unavailable(tmp_path: Path) -> None
     # The lock goes with the process that held it.
     opened = python(CONTENDER, url).communicate(timeout=60)[0]
     assert opened == b"opened\n"
+
+
+def test_inserting_rows_never_imports_pandas(tmp_path: Path) -> None:
+    """clickhouse-connect would import pandas (0.4-1 s, ~60 MB) at the first insert
+    to ask whether the rows are a DataFrame; the projector's never are."""
+    script = (
+        "import sys\n"
+        "from infra.factory import open_projection_store\n"
+        f"store = open_projection_store('chdb://{tmp_path / 'index'}')\n"
+        "store.command('CREATE TABLE t (x UInt32, y String) ENGINE = MergeTree ORDER BY x')\n"
+        "store.insert('t', [[1, 'a'], [2, 'b']], ['x', 'y'])\n"
+        "assert store.query('SELECT count() FROM t') == [(2,)]\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.stdout.strip() == "False"
