@@ -34,12 +34,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the generators and launchers live in tests/
 
 import httpx  # noqa: E402
+from corpus_cache import CORPUS_DIR, start_corpus  # noqa: E402
 from peers import CALLING_AE, Peer, running_chronicle, running_orthanc  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from tests.support import dcmtk, make_ct, multipart_related, tool_env, write_part10  # noqa: E402
 
-CORPUS_DIR = REPO_ROOT / "bench" / ".corpus"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 INSTANCES_PER_STUDY = 100
 STOW_BATCH = 50
@@ -60,10 +60,7 @@ def build_corpus(count: int) -> list[Path]:
     folder = CORPUS_DIR / f"ct512-{count}"
     marker = folder / "COMPLETE"
     if not marker.exists():
-        print(f"generating {count} CT 512x512 instances in {folder} ...", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        # A cache, never a commit: the folder ignores itself.
-        (CORPUS_DIR / ".gitignore").write_text("*\n")
+        start_corpus(folder, f"{count} CT 512x512 instances")
         for number in range(count):
             if number % INSTANCES_PER_STUDY == 0:
                 study_uid, series_uid = generate_uid(), generate_uid()

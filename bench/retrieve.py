@@ -34,13 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the generators and launchers live in tests/
 
 import httpx  # noqa: E402
+from corpus_cache import CORPUS_DIR, start_corpus  # noqa: E402
 from peers import CALLING_AE, running_orthanc  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from tests.chronicle_server import launch_chronicle  # noqa: E402
 from tests.support import dcmtk, free_port, make_ct, tool_env, write_part10  # noqa: E402
 
-CORPUS_DIR = REPO_ROOT / "bench" / ".corpus"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DEST_AE = "BENCHDEST"
 PEER_NAMES = ("orthanc", "chronicle")
@@ -63,9 +63,7 @@ def build_study(count: int) -> tuple[str, list[Path]]:
     folder = CORPUS_DIR / f"move-ct512-{count}"
     marker = folder / "COMPLETE"
     if not marker.exists():
-        print(f"generating a {count}-instance CT study in {folder} ...", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        (CORPUS_DIR / ".gitignore").write_text("*\n")  # a cache, never a commit
+        start_corpus(folder, f"a {count}-instance CT study")
         study_uid = generate_uid()
         for number in range(count):
             if number % INSTANCES_PER_SERIES == 0:

@@ -27,7 +27,8 @@ from typing import Any
 import httpx
 from pydicom.uid import generate_uid
 
-from bench.ingest import CORPUS_DIR, cstore, queryable_after
+from bench.corpus_cache import CORPUS_DIR, start_corpus
+from bench.ingest import cstore, queryable_after
 from bench.peers import Peer
 from bench.retrieve import build_study
 from bench.scale_queries import percentiles
@@ -64,9 +65,7 @@ def build_metadata_studies(per_size: dict[int, int]) -> tuple[list[ViewerStudy],
     folder = CORPUS_DIR / f"scale-meta-{label}"
     marker = folder / "COMPLETE"
     if not marker.exists():
-        print(f"generating metadata studies {label} in {folder} ...", flush=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        (CORPUS_DIR / ".gitignore").write_text("*\n")  # a cache, never a commit
+        start_corpus(folder, f"metadata studies {label}")
         made = []
         for size, count in sorted(per_size.items()):
             for copy in range(count):
