@@ -42,23 +42,6 @@ from infra.errors import Invalid, Unavailable
 from infra.read_cache import ReadCache
 
 DEFAULT_DATABASE = "chronicle"
-
-
-def _without_pandas() -> None:
-    """Tell clickhouse-connect there is no pandas to check inserts against.
-
-    It imports pandas lazily on the first insert, to ask whether the rows are a
-    DataFrame (ours never are): 0.4-1 s of import inside the projector's first
-    batch, while the first stores of a fresh server were being received (seen
-    in a py-spy profile of C-STORE at 100k), and ~60 MB more per process.
-    Only for a process that has not imported pandas for its own use."""
-    from clickhouse_connect.driver import options
-
-    if "pandas" not in sys.modules:
-        options.__dict__.setdefault("pd", None)
-        options.__dict__.setdefault("pd_time_test", None)
-
-
 READ_CACHE_ENV = "CHRONICLE_READ_CACHE"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
@@ -101,6 +84,21 @@ _INVALID_CODES = frozenset(
 )
 
 
+def _without_pandas() -> None:
+    """Tell clickhouse-connect there is no pandas to check inserts against.
+
+    It imports pandas lazily on the first insert, to ask whether the rows are a
+    DataFrame (ours never are): 0.4-1 s of import inside the projector's first
+    batch, while the first stores of a fresh server were being received (seen
+    in a py-spy profile of C-STORE at 100k), and ~60 MB more per process.
+    Only for a process that has not imported pandas for its own use."""
+    from clickhouse_connect.driver import options
+
+    if "pandas" not in sys.modules:
+        options.__dict__.setdefault("pd", None)
+        options.__dict__.setdefault("pd_time_test", None)
+
+
 def check_identifier(name: str, what: str = "table") -> str:
     """Table and database names are spliced into SQL, so they must be plain."""
     if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
@@ -126,6 +124,9 @@ class ClickHouseStore:
         # CHRONICLE_READ_CACHE=0 turns it off (benchmarks measure both ways).
         cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
         self._cache = ReadCache() if cached else None
+        #: Set in a thread building a memo: its statements are not kept apart
+        #: from the answer they make (the answer is kept, and is all that is read).
+        self._building = threading.local()
         first = self._open_client(database=None)
         try:
             self._ensure_database(first)
@@ -150,7 +151,7 @@ class ClickHouseStore:
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
         key = _cache_key(sql, parameters) if self._cache is not None else None
-        if self._cache is None or key is None:
+        if self._cache is None or key is None or getattr(self._building, "active", False):
             return self._query_dicts(sql, parameters)
         return self._cache.read(key, lambda: self._query_dicts(sql, parameters))
 
@@ -164,7 +165,15 @@ class ClickHouseStore:
         read cache is on (fresh top-level dicts per call); else built every time."""
         if self._cache is None:
             return build()
-        return self._cache.read(("memo", key), build, weigh)
+
+        def building() -> list[dict[str, Any]]:
+            self._building.active = True
+            try:
+                return build()
+            finally:
+                self._building.active = False
+
+        return self._cache.read(("memo", key), building, weigh)
 
     def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         with self._lease() as client:

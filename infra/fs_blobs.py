@@ -78,8 +78,7 @@ class FileBlobStore:
             # without having fsynced the folder yet, and our caller will
             # acknowledge on the strength of this answer.
             _fsync_dir(path.parent)
-            if unsynced:
-                self._sync_entries(unsynced)
+            self._sync_entries(unsynced)
             return stored
         except _SourceFailed as failed:
             raise failed.error from None
@@ -99,8 +98,6 @@ class FileBlobStore:
         that merely exists proves nothing), or by an earlier process. The caller
         fsyncs their parents (`_sync_entries`) before it acknowledges, after the
         blob's own fsyncs."""
-        if directory in self._folders:
-            return []
         pending: list[Path] = []
         while directory != self.root and directory not in self._folders:
             pending.append(directory)

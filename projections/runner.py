@@ -272,14 +272,13 @@ class Projector:
             return
         metadata = None
         payload = envelope.payload
-        if isinstance(payload, InstanceStored) and payload.sidecar and self._blobs is not None:
-            with self._blobs.get(payload.sidecar.key) as fh:
-                metadata = orjson.loads(fh.read())
-        frames_ref = payload.frames_sidecar if isinstance(payload, InstanceStored) else None
-        if frames_ref is not None and self._blobs is not None:
-            with self._blobs.get(frames_ref.key) as fh:
-                frames = [[(int(o), int(n)) for o, n in f] for f in orjson.loads(fh.read())]
-            envelope = replace(envelope, payload=replace(payload, frames=frames))
+        if isinstance(payload, InstanceStored) and self._blobs is not None:
+            if payload.sidecar:
+                metadata = self._sidecar(payload.sidecar.key)
+            if payload.frames_sidecar:
+                table = self._sidecar(payload.frames_sidecar.key)
+                frames = [[(int(o), int(n)) for o, n in f] for f in table]
+                envelope = replace(envelope, payload=replace(payload, frames=frames))
         for produced in (
             rows_for(record, envelope, metadata),
             receipt_by_sop_rows(record, envelope),
@@ -287,6 +286,12 @@ class Projector:
             for table, table_rows in produced.tables.items():
                 for row in table_rows:
                     rows.add(table, row)
+
+    def _sidecar(self, key: str) -> Any:
+        """A JSON document an event left in the blob store (metadata, frame table)."""
+        assert self._blobs is not None
+        with self._blobs.get(key) as fh:
+            return orjson.loads(fh.read())
 
     def _insert(self, table: str, rows: list[Row]) -> None:
         if not rows:
