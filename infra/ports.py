@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 #: A position in the log: partition -> offset of the *next* record to read.
@@ -65,6 +66,15 @@ class BlobStore(Protocol):
 
         Returns True when written, False when the key already held a blob (a
         no-op: keys are content addressed). Raises Unavailable on failure.
+        """
+
+    def put_file_if_absent(self, key: str, path: Path) -> bool:
+        """`put_if_absent` of the complete, closed file at `path`.
+
+        The store may keep the file itself instead of a copy (the folder store
+        hard-links it into place when it can), so the caller must not change the
+        file afterwards; it still removes its own name for it. Same answers and
+        errors as `put_if_absent`.
         """
 
     def get(self, key: str) -> BinaryIO:

@@ -42,6 +42,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -99,6 +100,14 @@ class S3BlobStore:
             return self._put_parts(name, key, head, reader)
         except SourceFailed as failed:
             raise failed.error from None
+
+    def put_file_if_absent(self, key: str, path: Path) -> bool:
+        try:
+            source = open(path, "rb")  # noqa: SIM115 - closed below, errors translated
+        except FileNotFoundError as exc:
+            raise Invalid(f"no file {path} to keep as blob {key}") from exc
+        with source:
+            return self.put_if_absent(key, source)
 
     def _put_object(self, name: str, key: str, body: bytes) -> bool:
         arguments = self._write_arguments(name)

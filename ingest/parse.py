@@ -95,15 +95,23 @@ def parse_part10(path: Path, *, default_charset: str = "ISO_IR 100") -> ParsedIn
 
 
 def parse_dataset(
-    path: Path, transfer_syntax_uid: str, *, offset: int = 0, default_charset: str = "ISO_IR 100"
+    path: Path,
+    transfer_syntax_uid: str,
+    *,
+    offset: int = 0,
+    default_charset: str = "ISO_IR 100",
+    dataset_sha256: str | None = None,
 ) -> ParsedInstance:
-    """Parse a bare dataset in `transfer_syntax_uid` starting at `offset` (a C-STORE)."""
+    """Parse a bare dataset in `transfer_syntax_uid` starting at `offset` (a C-STORE).
+
+    `dataset_sha256`, when the receiver hashed the bytes from `offset` as they
+    arrived, saves reading them all again."""
     ts = check_uid(transfer_syntax_uid, "Transfer Syntax UID")
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if not 0 <= offset <= size:
             raise Invalid(f"dataset offset {offset} is outside the file ({size} bytes)")
-        return _parse(f, size, ts, offset, default_charset, sniffed=False)
+        return _parse(f, size, ts, offset, default_charset, sniffed=False, digest=dataset_sha256)
 
 
 def build_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
@@ -228,7 +236,14 @@ def _parses_as(f: IO[bytes], offset: int, size: int, implicit: bool, little: boo
 
 
 def _parse(
-    f: IO[bytes], size: int, ts: str, offset: int, charset: str, *, sniffed: bool
+    f: IO[bytes],
+    size: int,
+    ts: str,
+    offset: int,
+    charset: str,
+    *,
+    sniffed: bool,
+    digest: str | None = None,
 ) -> ParsedInstance:
     notes: list[str] = []
     if ts in DEFLATED_SYNTAXES:
@@ -251,7 +266,8 @@ def _parse(
         if little:
             shift = base - offset  # source position -> blob offset
             frames, note = frame_ranges(f, ds, walker.fragments, metadata, ts, shift)
-    identity, digest = (*uids, *_patient(metadata), ts), _sha256(f, offset)
+    identity = (*uids, *_patient(metadata), ts)
+    digest = digest or _sha256(f, offset)
     length = size - offset
     return ParsedInstance(
         *identity, file_meta, offset, length, digest, metadata, frames, note, tuple(notes)

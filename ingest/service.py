@@ -90,6 +90,13 @@ class _Part10Reader(io.RawIOBase):
         return self._source.readinto(buffer)  # type: ignore[attr-defined,no-any-return]
 
 
+def _starts_with(path: Path, file_meta: bytes, dataset_offset: int) -> bool:
+    if dataset_offset != len(file_meta):
+        return False
+    with path.open("rb") as fh:
+        return fh.read(dataset_offset) == file_meta
+
+
 def _is_storage_sop_class(uid: str) -> bool:
     # Storage SOP classes are the only ones a C-STORE / STOW may carry; a
     # private (non-standard) class is accepted as is: we keep what we're sent.
@@ -153,13 +160,24 @@ class IngestService:
         source: Source,
         offset: int = 0,
         expected_sop_instance_uid: str | None = None,
+        dataset_sha256: str | None = None,
+        received: bool = False,
     ) -> StoreOutcome:
-        """A bare data set (a C-STORE's), in `transfer_syntax_uid`. With
-        `expected_sop_instance_uid` (the command's Affected SOP Instance UID), a
-        data set naming another instance is refused (0xA900) before anything is kept."""
+        """A bare data set (a C-STORE's), in `transfer_syntax_uid`, from `offset`.
+        With `expected_sop_instance_uid` (the command's Affected SOP Instance UID), a
+        data set naming another instance is refused (0xA900) before anything is kept.
+
+        `received`: the file is Chronicle's own copy, removed by the caller after
+        this returns, so the blob store may keep the file itself when it already
+        starts with the blob's File Meta (see `_write_blob`). `dataset_sha256`:
+        the hash of the bytes from `offset`, computed while they arrived."""
         self.check_space()
         parsed = parse_dataset(
-            path, transfer_syntax_uid, offset=offset, default_charset=self._charset
+            path,
+            transfer_syntax_uid,
+            offset=offset,
+            default_charset=self._charset,
+            dataset_sha256=dataset_sha256,
         )
         expected = expected_sop_instance_uid
         if expected is not None and parsed.sop_instance_uid != expected:
@@ -167,7 +185,7 @@ class IngestService:
                 f"dataset SOP Instance UID {parsed.sop_instance_uid} differs from the command's",
                 status=0xA900,
             )
-        return self._keep(parsed, path, source, None)
+        return self._keep(parsed, path, source, None, received=received)
 
     def store_bytes(self, data: bytes, *, source: Source) -> StoreOutcome:
         with tempfile.NamedTemporaryFile(suffix=".dcm") as tmp:
@@ -198,6 +216,7 @@ class IngestService:
         source: Source,
         expected_study_uid: str | None = None,
         parallel: int = 4,
+        received: bool = False,
     ) -> list[StoreOutcome | Exception]:
         """Several Part-10 files (one STOW-RS request), each in its place in the answer.
 
@@ -206,13 +225,14 @@ class IngestService:
         that far are appended in one batch, in the given order: one log commit for
         the request, and log order = part order. A file that fails gets its error;
         when the append fails, every file that waited for it gets that error.
+        `received` as for `store_dataset_file`.
         """
         self.check_space()
 
         def prepare(path: Path) -> _Prepared | Exception:
             try:
                 parsed = parse_part10(path, default_charset=self._charset)
-                return self._prepare(parsed, path, source, expected_study_uid)
+                return self._prepare(parsed, path, source, expected_study_uid, received=received)
             except Exception as exc:  # the caller reports each file's own error
                 return exc
 
@@ -234,14 +254,26 @@ class IngestService:
         return results
 
     def _keep(
-        self, parsed: ParsedInstance, path: Path, source: Source, expected_study: str | None
+        self,
+        parsed: ParsedInstance,
+        path: Path,
+        source: Source,
+        expected_study: str | None,
+        *,
+        received: bool = False,
     ) -> StoreOutcome:
-        prepared = self._prepare(parsed, path, source, expected_study)
+        prepared = self._prepare(parsed, path, source, expected_study, received=received)
         [position] = self._append([prepared.envelope])
         return prepared.outcome(position)
 
     def _prepare(
-        self, parsed: ParsedInstance, path: Path, source: Source, expected_study: str | None
+        self,
+        parsed: ParsedInstance,
+        path: Path,
+        source: Source,
+        expected_study: str | None,
+        *,
+        received: bool = False,
     ) -> _Prepared:
         """Validate, make the blob durable, build the event (not yet appended)."""
         if expected_study is not None and parsed.study_instance_uid != expected_study:
@@ -254,7 +286,7 @@ class IngestService:
             raise Invalid(
                 f"SOP class {parsed.sop_class_uid} is not a storage SOP class", status=0x0122
             )
-        blob, written = self._write_blob(parsed, path)
+        blob, written = self._write_blob(parsed, path, received)
         event = self._event(parsed, blob, source)
         envelope = Envelope.of(
             event, key=event.study_instance_uid, site=self._site, node=self._node
@@ -275,13 +307,21 @@ class IngestService:
             log.debug("stored %s at %s", envelope.key, position)
         return positions
 
-    def _write_blob(self, parsed: ParsedInstance, path: Path) -> tuple[BlobRef, bool]:
+    def _write_blob(
+        self, parsed: ParsedInstance, path: Path, received: bool
+    ) -> tuple[BlobRef, bool]:
+        """The blob is File Meta + the dataset bytes. A received file that is
+        already exactly that (a C-STORE data set the receiver wrote after the
+        File Meta built from its command) is handed over whole: no copy."""
         key = instance_blob_key(parsed.dataset_sha256)
-        with path.open("rb") as fh:
-            written = self._blobs.put_if_absent(
-                key,
-                _Part10Reader(parsed.file_meta, fh, parsed.dataset_offset),  # type: ignore[arg-type]
-            )
+        if received and _starts_with(path, parsed.file_meta, parsed.dataset_offset):
+            written = self._blobs.put_file_if_absent(key, path)
+        else:
+            with path.open("rb") as fh:
+                written = self._blobs.put_if_absent(
+                    key,
+                    _Part10Reader(parsed.file_meta, fh, parsed.dataset_offset),  # type: ignore[arg-type]
+                )
         size = len(parsed.file_meta) + parsed.dataset_length
         return BlobRef(key, parsed.dataset_sha256, size, len(parsed.file_meta)), written
 

@@ -239,6 +239,8 @@ def storage_router(
             transfer_syntax=message.transfer_syntax,
             sop_instance_uid=message.sop_instance_uid,
             source=source,
+            offset=message.dataset_offset,
+            dataset_sha256=message.dataset_sha256,
         )
 
     router: StorageRouter

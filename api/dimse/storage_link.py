@@ -47,7 +47,11 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from ingest.parse import CHRONICLE_IMPLEMENTATION_CLASS_UID, CHRONICLE_VERSION_NAME
+from ingest.parse import (
+    CHRONICLE_IMPLEMENTATION_CLASS_UID,
+    CHRONICLE_VERSION_NAME,
+    build_file_meta,
+)
 from schemas.events import Source
 
 from .ae import (
@@ -233,10 +237,14 @@ class _Link:
         sock.settimeout(router._network_timeout)
         self._reader = MessageReader(sock, accepted.contexts, self._open_file)
 
-    def _open_file(self) -> Any:
-        return tempfile.NamedTemporaryFile(
+    def _open_file(self, message: Message) -> Any:
+        received = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the reader closes it
             dir=self._router._incoming, prefix="cstore-", suffix=".dcm", delete=False
         )
+        # The File Meta the blob will start with, from the command: when the data
+        # set agrees with it, ingest keeps this very file as the blob (no copy).
+        received.write(file_meta_for(message))
+        return received
 
     def run(self) -> None:
         while True:
@@ -275,6 +283,19 @@ class _Link:
 
     def discard(self) -> None:
         self._reader.discard()
+
+
+def file_meta_for(message: Message) -> bytes:
+    """Chronicle's File Meta for a C-STORE's data set, or b"" when the command's
+    UIDs cannot make one (ingest then copies the data set behind its own)."""
+    if message.command_field != 0x0001 or not message.sop_class_uid or not message.sop_instance_uid:
+        return b""
+    try:
+        return build_file_meta(
+            message.sop_class_uid, message.sop_instance_uid, message.transfer_syntax
+        )
+    except (UnicodeEncodeError, struct.error):
+        return b""
 
 
 def _peek_pdu(sock: socket.socket, timeout: float) -> bytes | None:

@@ -9,6 +9,7 @@ connection or a PDV on a context that was not accepted ends the association.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
 from collections.abc import Callable
@@ -43,6 +44,10 @@ class Message:
     sop_instance_uid: str
     dataset_path: Path | None = None
     dataset_bytes: int = 0
+    #: Where the data set starts in its file (after what the opener wrote first).
+    dataset_offset: int = 0
+    #: sha256 of the data set's bytes, computed as they arrived.
+    dataset_sha256: str | None = None
     #: A query's identifier, kept in memory (a C-STORE's data set goes to a file).
     identifier: bytes | None = None
 
@@ -52,7 +57,7 @@ class MessageReader:
         self,
         sock: socket.socket,
         contexts: dict[int, tuple[str, str]],
-        open_file: Callable[[], Any],
+        open_file: Callable[[Message], Any],
     ) -> None:
         self._sock = sock
         self._contexts = contexts
@@ -61,6 +66,7 @@ class MessageReader:
         self._command = bytearray()
         self._message: Message | None = None
         self._file: Any = None
+        self._digest: Any = None
         self._memory: bytearray | None = None
 
     def next_message(self) -> Message | None:
@@ -146,8 +152,11 @@ class MessageReader:
         if message.command_field in IN_MEMORY:
             self._memory = bytearray()
             return None
-        self._file = self._open_file()
+        self._file = self._open_file(message)
         message.dataset_path = Path(self._file.name)
+        message.dataset_offset = self._file.tell()
+        # Hashed on the way in: ingest need not read the data set again for it.
+        self._digest = hashlib.sha256()
         return None
 
     def _data_fragment(self, value: memoryview, control: int) -> Message | None:
@@ -165,9 +174,11 @@ class MessageReader:
         if message is None or self._file is None:
             raise ProtocolError("a data set fragment without its command")
         self._file.write(value)
+        self._digest.update(value)
         message.dataset_bytes += len(value)
         if not control & _LAST:
             return None
+        message.dataset_sha256 = self._digest.hexdigest()
         self._file.close()
         self._file = None
         self._message = None

@@ -67,6 +67,8 @@ class StoreService(Protocol):
         source: Source,
         offset: int = 0,
         expected_sop_instance_uid: str | None = None,
+        dataset_sha256: str | None = None,
+        received: bool = False,
     ) -> StoreOutcome: ...
 
 
@@ -232,9 +234,13 @@ def store_received_dataset(
     transfer_syntax: str,
     sop_instance_uid: str,
     source: Source,
+    offset: int = 0,
+    dataset_sha256: str | None = None,
 ) -> tuple[int, str]:
     """(status, error comment) for a data set received on a storage association
-    served by `api.dimse.storage_link`: the same rules as `StoreHandler`."""
+    served by `api.dimse.storage_link`: the same rules as `StoreHandler`. The
+    data set starts at `offset` in `path` (after the File Meta the receiver
+    wrote); the file is the receiver's, so ingest may keep it as the blob."""
     try:
         size = path.stat().st_size
         limit = archive.settings.max_body_bytes
@@ -246,7 +252,10 @@ def store_received_dataset(
             path,
             transfer_syntax_uid=transfer_syntax,
             source=source,
+            offset=offset,
             expected_sop_instance_uid=sop_instance_uid,
+            dataset_sha256=dataset_sha256,
+            received=True,
         )
     except Invalid as exc:
         status = invalid_status(exc)

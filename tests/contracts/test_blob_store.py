@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -45,6 +46,34 @@ class TestBlobStoreContract:
         assert blob_store.size("big/blob") == len(data)
         with blob_store.get("big/blob") as stream:
             assert hashlib.sha256(stream.read()).digest() == hashlib.sha256(data).digest()
+
+    def test_a_finished_file_is_kept_and_survives_its_callers_name(
+        self, blob_store: BlobStore, tmp_path: Path
+    ) -> None:
+        data = os.urandom(300 * 1024)
+        received = tmp_path / "received.dcm"
+        received.write_bytes(data)
+        assert blob_store.put_file_if_absent("files/one", received) is True
+        received.unlink()  # the caller's name goes; the blob stays
+        assert blob_store.size("files/one") == len(data)
+        with blob_store.get("files/one") as stream:
+            assert stream.read() == data
+
+    def test_a_file_for_a_kept_key_is_a_no_op(self, blob_store: BlobStore, tmp_path: Path) -> None:
+        blob_store.put_if_absent("files/kept", b"original")
+        other = tmp_path / "other"
+        other.write_bytes(b"something else")
+        assert blob_store.put_file_if_absent("files/kept", other) is False
+        with blob_store.get("files/kept") as stream:
+            assert stream.read() == b"original"
+        assert other.read_bytes() == b"something else"
+
+    def test_a_missing_file_is_invalid_and_keeps_nothing(
+        self, blob_store: BlobStore, tmp_path: Path
+    ) -> None:
+        with pytest.raises(Invalid):
+            blob_store.put_file_if_absent("files/none", tmp_path / "absent")
+        assert not blob_store.exists("files/none")
 
     def test_an_empty_blob_is_a_blob(self, blob_store: BlobStore) -> None:
         assert blob_store.put_if_absent("empty", b"") is True

@@ -8,6 +8,7 @@ Test modules bind the fixtures to module-level names so pytest collects them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,22 +52,28 @@ class ScriptedIngest:
         source: Source,
         offset: int = 0,
         expected_sop_instance_uid: str | None = None,
+        dataset_sha256: str | None = None,
+        received: bool = False,
     ) -> Any:
         # As IngestService does: a data set naming another instance is refused
         # before anything is kept.
-        named = _sop_instance_uid(path, transfer_syntax_uid)
+        named = _sop_instance_uid(path, transfer_syntax_uid, offset)
         if expected_sop_instance_uid is not None and named not in (None, expected_sop_instance_uid):
             raise Invalid("dataset SOP Instance UID differs from the command's", status=0xA900)
-        self.calls.append((path, source, path.read_bytes()))
+        dataset = path.read_bytes()[offset:]
+        if dataset_sha256 is not None:
+            assert hashlib.sha256(dataset).hexdigest() == dataset_sha256
+        self.calls.append((path, source, dataset))
         self.syntaxes.append(transfer_syntax_uid)
         return self.behaviour(path)
 
 
-def _sop_instance_uid(path: Path, transfer_syntax: str) -> str | None:
+def _sop_instance_uid(path: Path, transfer_syntax: str, offset: int = 0) -> str | None:
     """The data set's SOP Instance UID, or None when the stand-in cannot read it."""
     implicit = transfer_syntax == "1.2.840.10008.1.2"
     try:
         with path.open("rb") as fh:
+            fh.seek(offset)
             ds = read_dataset(fh, is_implicit_VR=implicit, is_little_endian=True)
         return str(ds.SOPInstanceUID)
     except Exception:

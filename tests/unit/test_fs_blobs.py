@@ -161,3 +161,47 @@ def test_a_folder_made_by_another_writer_is_synced_in_its_parent(
     synced.clear()
     store.put_if_absent("instances/ab/cd/other.dcm", b"more")
     assert synced == [leaf]  # known durable now: only the entry of the new blob
+
+
+def test_a_finished_file_is_linked_into_place_not_copied(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    received = tmp_path / "incoming.dcm"
+    received.write_bytes(b"received bytes")
+    received.chmod(0o600)  # as a NamedTemporaryFile makes it
+    assert store.put_file_if_absent("i/ab/abcd.dcm", received) is True
+    kept = tmp_path / "blobs" / "i" / "ab" / "abcd.dcm"
+    assert kept.stat().st_ino == received.stat().st_ino
+    assert kept.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_file_whose_fsync_fails_is_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileBlobStore(tmp_path / "blobs")
+    received = tmp_path / "incoming.dcm"
+    received.write_bytes(b"received bytes")
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(Unavailable, match="Input/output"):
+        store.put_file_if_absent("k", received)
+    monkeypatch.undo()
+    assert not store.exists("k")
+
+
+def test_a_file_on_another_filesystem_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cross_device(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    store = FileBlobStore(tmp_path / "blobs")
+    received = tmp_path / "incoming.dcm"
+    received.write_bytes(b"received bytes")
+    assert store.put_file_if_absent("x/y", received) is True
+    assert store.get_range("x/y", 0, 14) == b"received bytes"
+    assert received.read_bytes() == b"received bytes"  # the caller's file is untouched
+    assert leftovers(tmp_path / "blobs") == []

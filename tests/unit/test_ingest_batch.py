@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pynetdicom.dsutils import encode
 
 from infra.errors import Invalid, Unavailable
 from infra.factory import open_blob_store, open_event_log
+from ingest.parse import build_file_meta
 from ingest.service import IngestService, StoreOutcome
 from schemas import codec
 from schemas.events import Source
@@ -90,6 +92,61 @@ def test_a_bare_data_set_naming_another_instance_is_refused_before_a_blob(
             )
         assert refused.value.status == 0xA900
         assert list(blobs.keys()) == [] and log.end() in ({}, {0: 0})
+    finally:
+        log.close()
+        blobs.close()
+
+
+@pytest.mark.parametrize("matching_meta", [True, False])
+def test_a_received_data_set_becomes_the_blob_whole_or_copied(
+    tmp_path: Path, matching_meta: bool
+) -> None:
+    """A received file that already starts with the blob's File Meta is kept as
+    the blob itself (same inode, no copy); one whose command named another SOP
+    class is copied behind the right File Meta. The blob is the same either way."""
+    log = open_event_log(f"sqlite://{tmp_path / 'log.db'}")
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    ct = make_ct(rows=8, cols=8)
+    sop_class = ct.SOPClassUID if matching_meta else "1.2.840.10008.5.1.4.1.1.7"
+    meta = build_file_meta(sop_class, ct.SOPInstanceUID, "1.2.840.10008.1.2.1")
+    ct_meta = build_file_meta(ct.SOPClassUID, ct.SOPInstanceUID, "1.2.840.10008.1.2.1")
+    dataset = encode(ct, False, True) or b""
+    received = tmp_path / "cstore-received.dcm"
+    received.write_bytes(meta + dataset)
+    inode = received.stat().st_ino
+    try:
+        outcome = IngestService(log, blobs).store_dataset_file(
+            received,
+            transfer_syntax_uid="1.2.840.10008.1.2.1",
+            source=STOW,
+            offset=len(meta),
+            expected_sop_instance_uid=ct.SOPInstanceUID,
+            dataset_sha256=hashlib.sha256(dataset).hexdigest(),
+            received=True,
+        )
+        kept = tmp_path / "blobs" / outcome.event.blob.key
+        assert kept.read_bytes() == ct_meta + dataset
+        assert (kept.stat().st_ino == inode) is matching_meta
+        assert outcome.event.blob.sha256 == hashlib.sha256(dataset).hexdigest()
+    finally:
+        log.close()
+        blobs.close()
+
+
+def test_a_file_not_received_is_never_linked(tmp_path: Path) -> None:
+    """An imported file that happens to be exactly a blob is copied: the user's
+    file must not become the archive's."""
+    log = open_event_log(f"sqlite://{tmp_path / 'log.db'}")
+    blobs = open_blob_store(f"file://{tmp_path / 'blobs'}")
+    ct = make_ct(rows=8, cols=8)
+    meta = build_file_meta(ct.SOPClassUID, ct.SOPInstanceUID, "1.2.840.10008.1.2.1")
+    received = tmp_path / "import.dcm"
+    received.write_bytes(meta + (encode(ct, False, True) or b""))
+    try:
+        outcome = IngestService(log, blobs).store_part10_file(received, source=STOW)
+        kept = tmp_path / "blobs" / outcome.event.blob.key
+        assert kept.read_bytes() == received.read_bytes()
+        assert kept.stat().st_ino != received.stat().st_ino
     finally:
         log.close()
         blobs.close()
