@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        help="front-end processes sharing the DIMSE and HTTP ports (default 1; one per core "
-        "gives the best ingest throughput)",
+        help="front-end processes sharing the DIMSE and HTTP ports (default 0: one per "
+        "core, at most 8; 1: a single process)",
     )
     serve.add_argument(
         "--role",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from api import importer, workers
+from api.dimse.balance import SharedListener
 from api.roles import API, INGEST, PROJECTOR, check_roles, describe
 from api.wiring import Archive, open_archive
 from infra.factory import open_blob_store, open_event_log, open_projection_store
@@ -34,16 +35,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         owner_url = os.environ.get(workers.OWNER_URL_ENV) or None
         token = os.environ.get(workers.TOKEN_ENV, "")
         archive = workers.open_worker_archive(settings, owner_url, token)
-        return _serve_front_ends(archive, process="worker")
+        return _serve_front_ends(archive, process="worker", listener=SharedListener.from_env())
     archive = open_archive(settings, roles=settings.roles)
     pool = workers.WorkerPool()
+    listener: SharedListener | None = None
     try:
         extra = workers.worker_count(settings)
         if extra:
             if workers.needs_owner_endpoint(settings):
                 pool.start_internal(archive)
-            pool.spawn(extra, sys.argv[1:])
-        return _serve_front_ends(archive, process="owner")
+            if _serves_dimse(archive):
+                listener = SharedListener.open(
+                    settings.dimse_host, settings.dimse_port, processes=extra + 1
+                )
+            pool.spawn(extra, sys.argv[1:], listener)
+        return _serve_front_ends(archive, process="owner", listener=listener)
     finally:
         _exit_if_stuck(SHUTDOWN_SECONDS)
         pool.stop()
@@ -96,8 +102,12 @@ class _Server:
         Quiet(config).run(sockets=sockets)  # type: ignore[arg-type]
 
 
-def _serve_front_ends(archive: Archive, *, process: str) -> int:
-    """DIMSE and DICOMweb on SO_REUSEPORT sockets shared with sibling processes.
+def _serve_front_ends(
+    archive: Archive, *, process: str, listener: SharedListener | None = None
+) -> int:
+    """DIMSE and DICOMweb on sockets shared with sibling processes: DICOMweb on
+    SO_REUSEPORT sockets, DIMSE on the owner's socket with a load board
+    (`listener`, api.dimse.balance) when the node has workers.
 
     Which services each serves follows the process's roles: DIMSE storage for
     ingest, DIMSE query/retrieve/commitment for api, none for a projector alone.
@@ -107,7 +117,9 @@ def _serve_front_ends(archive: Archive, *, process: str) -> int:
     from api.app import create_app
 
     settings = archive.settings
-    dimse = _start_dimse(archive)
+    dimse = _start_dimse(archive, listener)
+    if listener is not None:
+        _join_siblings(listener, process)
     http_socket = workers.reuse_port_socket(settings.http_host, settings.http_port)
     log.info("%s", startup_line(archive, process, dimse is not None))
     try:
@@ -125,13 +137,37 @@ def _serve_front_ends(archive: Archive, *, process: str) -> int:
     return 0
 
 
-def _start_dimse(archive: Archive) -> DimseServer | None:
+#: How long the owner waits for its workers to listen before it serves anyway.
+WORKERS_READY_SECONDS = 60.0
+
+
+def _join_siblings(listener: SharedListener, process: str) -> None:
+    """A worker says it listens; the owner waits for every worker before its HTTP
+    front-end (what readiness probes see) starts."""
+    if process == "worker":
+        listener.board.mark_ready()
+        return
+    missing = listener.board.wait_ready(WORKERS_READY_SECONDS)
+    if missing:
+        log.warning("workers %s not listening after %.0f s; serving without them",
+                    missing, WORKERS_READY_SECONDS)  # fmt: skip
+    else:
+        log.info("all %d front-end processes listening", listener.board.slots)
+
+
+def _serves_dimse(archive: Archive) -> bool:
+    return INGEST in archive.roles or API in archive.roles
+
+
+def _start_dimse(archive: Archive, listener: SharedListener | None = None) -> DimseServer | None:
     from api.dimse.server import start_dimse
 
-    storage, query = INGEST in archive.roles, API in archive.roles
-    if not (storage or query):
+    if not _serves_dimse(archive):
         return None
-    return start_dimse(archive, reuse_port=True, storage=storage, query=query)
+    storage, query = INGEST in archive.roles, API in archive.roles
+    return start_dimse(
+        archive, reuse_port=listener is None, storage=storage, query=query, shared=listener
+    )
 
 
 def startup_line(archive: Archive, process: str, with_dimse: bool) -> str:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from api.dimse.balance import SharedListener
 from api.roles import (
     API,
     CheckpointWatcher,
@@ -59,14 +60,31 @@ def is_worker(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get(WORKER_ENV) or env.get(OWNER_URL_ENV))
 
 
+#: `--workers 0` (the default) stops at this many processes on a large machine.
+MAX_AUTO_WORKERS = 8
+
+
+def front_end_processes(settings: Settings) -> int:
+    """`settings.workers`, or with 0 one per core this process may run on."""
+    if settings.workers:
+        return settings.workers
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_WORKERS))
+
+
 def worker_count(settings: Settings) -> int:
     """Extra front-end processes to start: none when no front-end role is run."""
-    if settings.workers > 1 and not front_end_roles(settings.roles):
-        log.warning(
-            "--workers %d ignored: a projector-only node has no front-ends", settings.workers
-        )
+    processes = front_end_processes(settings)
+    if not front_end_roles(settings.roles):
+        if settings.workers > 1:
+            log.warning(
+                "--workers %d ignored: a projector-only node has no front-ends", settings.workers
+            )
         return 0
-    return max(0, settings.workers - 1)
+    return processes - 1
 
 
 def needs_owner_endpoint(settings: Settings) -> bool:
@@ -166,13 +184,17 @@ class WorkerPool:
             target=server.run, kwargs={"sockets": [sock]}, name="internal-http", daemon=True
         ).start()
 
-    def spawn(self, count: int, argv: list[str]) -> None:
+    def spawn(self, count: int, argv: list[str], listener: SharedListener | None = None) -> None:
+        """Start `count` workers; with `listener`, each serves DIMSE on its socket
+        (inherited) from its own slot of the load board, the owner's being 0."""
         env = {**os.environ, WORKER_ENV: "1"}
         if self.owner_url:
             env.update({OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token})
         for i in range(count):
             command = [sys.executable, "-m", "api.cli", *argv]
-            self.processes.append(subprocess.Popen(command, env=env))
+            shared = listener.env_for(i + 1) if listener else {}
+            fds = listener.fds if listener else ()
+            self.processes.append(subprocess.Popen(command, env={**env, **shared}, pass_fds=fds))
             log.info("started front-end worker %d (pid %d)", i + 1, self.processes[-1].pid)
 
     def stop(self) -> None:

@@ -101,6 +101,7 @@ def running_chronicle(
         extra_args=extra_args,
         env=env,
         remote_aes=[f"{CALLING_AE}@127.0.0.1:{free_port()}"],
+        workers=None,  # the server's default: one front-end process per core
     )
     try:
         yield Peer(

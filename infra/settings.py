@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     #: the same UID maps to the same replacement in every process and after a
     #: restart; empty, each process draws its own (consistent while it runs).
     anonymize_uid_secret: str = Field(default="", repr=False)
-    #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the owner.
-    workers: int = 1
+    #: Front-end processes (DIMSE + DICOMweb) sharing the ports; 1 = just the
+    #: owner; 0 = one per core available to the process, at most 8.
+    workers: int = Field(default=0, ge=0)
     #: What this process runs: any of ingest, projector, api (see api/roles.py).
     roles: list[str] = Field(default_factory=lambda: list(ROLES))
     default_character_set: str = "ISO_IR 100"

@@ -114,6 +114,10 @@ def default_remote_aes() -> list[str]:
     return [f"{title}@127.0.0.1:{free_port()}" for title in DEFAULT_CALLERS]
 
 
+def _workers_env(workers: int | None) -> dict[str, str]:
+    return {} if workers is None else {"CHRONICLE_WORKERS": str(workers)}
+
+
 def launch_chronicle(
     data_dir: Path,
     *,
@@ -123,8 +127,13 @@ def launch_chronicle(
     remote_aes: Sequence[str] | None = None,
     http_port: int | None = None,
     roles: str | None = None,
+    workers: int | None = 1,
 ) -> ChronicleServer:
     """Start `chronicle serve` and return once /healthz is 200 and C-ECHO succeeds.
+
+    `workers`: front-end processes; tests run one (faster to start, and most
+    tests are not about processes) unless they pass `--workers` or another
+    number; None keeps the server's default (one per core), as the benchmarks do.
 
     Pass `http_port` (from free_port()) when extra_args must name it, e.g. --public-url.
     `roles` (e.g. "ingest" or "projector,api") adds `--role`; several servers
@@ -148,7 +157,7 @@ def launch_chronicle(
     process = subprocess.Popen(
         argv,
         cwd=REPO_ROOT,
-        env=tool_env({"PYTHONUNBUFFERED": "1", **(env or {})}),
+        env=tool_env({"PYTHONUNBUFFERED": "1", **_workers_env(workers), **(env or {})}),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=subprocess.STDOUT,

@@ -31,6 +31,7 @@ from infra.settings import Settings
 from schemas.events import Source
 
 from .ae import QUERY_MODELS, build_ae, prefer_requestor_order, shared_contexts
+from .balance import YIELD_SECONDS, LoadBoard, SharedListener
 from .find import FindArchive, FindHandler, negotiate_options
 from .find_encode import install_encoded_identifiers
 from .policy import AssociationPolicy, apply_decision, judge
@@ -147,11 +148,24 @@ class DimseListener(ThreadedAssociationServer):
     """
 
     router: StorageRouter | None = None
+    #: With sibling processes on one shared socket (api.dimse.balance).
+    board: LoadBoard | None = None
+
+    def _handle_request_noblock(self) -> None:
+        board = self.board
+        if board is not None and (excess := board.excess()):
+            # Leave the pending connection to a less busy sibling for a moment;
+            # the listening socket does not block, so if one took it, accept
+            # just finds nothing.
+            time.sleep(YIELD_SECONDS * excess)
+        super()._handle_request_noblock()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if self.router is None:
             super().process_request(request, client_address)
             return
+        if self.board is not None:
+            self.board.enter()  # counted before the next connection is weighed
         threading.Thread(
             target=self._route, args=(request, client_address), name="DimseRoute", daemon=True
         ).start()
@@ -160,14 +174,20 @@ class DimseListener(ThreadedAssociationServer):
         router = self.router
         assert router is not None
         try:
-            accepted = router.claims(request, client_address)
-        except Exception:
-            log.exception("storage routing failed; handing the association to pynetdicom")
-            accepted = None
-        if accepted is None:
-            self.process_request_thread(request, client_address)
-        else:
-            router.serve(request, client_address, accepted)
+            try:
+                accepted = router.claims(request, client_address)
+            except Exception:
+                log.exception("storage routing failed; handing the association to pynetdicom")
+                accepted = None
+            if accepted is None:
+                # pynetdicom runs the association in a thread of its own: the
+                # board counts the storage link's associations only.
+                self.process_request_thread(request, client_address)
+            else:
+                router.serve(request, client_address, accepted)
+        finally:
+            if self.board is not None:
+                self.board.leave()
 
 
 class ReusePortServer(DimseListener):
@@ -181,6 +201,23 @@ class ReusePortServer(DimseListener):
         if self.socket is not None:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+class SharedSocketServer(DimseListener):
+    """A listener on the socket the owner opened for every process of the node."""
+
+    shared: SharedListener  # set on a subclass made per listener (see _listen)
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.close()
+        self.socket = self.shared.sock
+        # Never wait in accept(): a sibling may have taken the connection first.
+        self.socket.settimeout(0)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """The owner's socket is listening already."""
 
 
 @dataclass
@@ -205,12 +242,24 @@ class DimseServer:
         self.ae.shutdown()
 
 
-def _listen(ae: AE, address: tuple[str, int], handlers: list[Any], reuse_port: bool) -> Any:
+def _listen(
+    ae: AE,
+    address: tuple[str, int],
+    handlers: list[Any],
+    reuse_port: bool,
+    shared: SharedListener | None,
+) -> Any:
     contexts = shared_contexts(ae.supported_contexts)
-    server_class = ReusePortServer if reuse_port else DimseListener
-    return ae.make_server(
+    server_class: type[DimseListener] = ReusePortServer if reuse_port else DimseListener
+    if shared is not None:
+        server_class = type("OnSharedSocket", (SharedSocketServer,), {"shared": shared})
+    server = ae.make_server(
         address, evt_handlers=handlers, contexts=contexts, server_class=server_class
     )
+    assert isinstance(server, DimseListener)
+    if shared is not None:
+        server.board = shared.board
+    return server
 
 
 def _serve(ae: AE, server: Any) -> None:
@@ -286,10 +335,13 @@ def start_dimse(
     reuse_port: bool = False,
     storage: bool = True,
     query: bool = True,
+    shared: SharedListener | None = None,
 ) -> DimseServer:
     """Listen on (settings.dimse_host, settings.dimse_port); port 0 picks a free one.
 
-    `reuse_port` lets sibling processes listen on the same port (SO_REUSEPORT).
+    `reuse_port` lets sibling processes listen on the same port (SO_REUSEPORT);
+    `shared` instead serves the node's one socket, shared with the node's
+    other processes and balanced by their load board (api.dimse.balance).
     `storage` serves Verification + Storage (storage-only associations on
     `storage_link`); `query` serves Verification, C-FIND, C-MOVE, C-GET and
     Storage Commitment. An ingest node runs `query=False`: its Q/R contexts
@@ -324,7 +376,8 @@ def start_dimse(
             handlers.extend(register(ae, archive))
     else:
         _drop_query_contexts(ae)
-    server = _listen(ae, (settings.dimse_host, settings.dimse_port), handlers, reuse_port)
+    address = (settings.dimse_host, settings.dimse_port)
+    server = _listen(ae, address, handlers, reuse_port, shared)
     server.router = storage_router(archive, ae, policy, incoming, storage=storage, query=query)
     _serve(ae, server)
     dimse = DimseServer(ae, server, incoming)

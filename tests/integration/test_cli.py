@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -120,3 +123,29 @@ def test_several_worker_processes_share_the_ports(
         [found] = studies(server.base_url, StudyInstanceUID=study)
         assert found["00201208"]["Value"] == [12]  # type: ignore[index]
     assert "worker" in server.output()
+
+
+def test_associations_are_spread_evenly_over_the_processes(
+    start_chronicle: StartChronicle,
+) -> None:
+    """The workers share the owner's socket and a load board: four open
+    associations are two per process, never the kernel's 3:1 or 4:0 (with one
+    SO_REUSEPORT socket per process, more often than not)."""
+    server = start_chronicle(["--workers", "2"])
+    ae = AE(ae_title="HARNESS")
+    ae.add_requested_context(CTImageStorage)
+    held = []
+    before = len(server.output())  # the readiness probe's C-ECHO is in the log too
+    try:
+        for _ in range(4):
+            assoc = ae.associate("127.0.0.1", server.dimse_port, ae_title="CHRONICLE")
+            assert assoc.is_established
+            held.append(assoc)
+            time.sleep(0.1)  # the serving process has counted it before the next
+        served = re.findall(
+            r"INFO (\d+) chronicle\.dimse: association from HARNESS", server.output()[before:]
+        )
+        assert sorted(Counter(served).values()) == [2, 2]
+    finally:
+        for assoc in held:
+            assoc.release()

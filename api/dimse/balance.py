@@ -1,0 +1,134 @@
+"""Associations spread evenly over a node's front-end processes.
+
+With one SO_REUSEPORT socket per process the kernel hashes every connection
+to one process's accept queue: four associations land 3:1 or 4:0 on two
+processes more often than 2:2, and a queued connection waits for its process
+even when a sibling is idle. Measured on the 2-core bench machine, four
+storescu associations: one process 260/s, two processes taking two each
+~350/s, the kernel's spread ~270/s.
+
+So the owner opens one listening socket that every worker inherits, and a
+load board: shared memory with one counter of open associations per
+process, each written only by its own process. All processes wait on the same
+socket; one busier than its least busy sibling waits `YIELD_SECONDS` per
+extra association before it accepts, so the sibling takes the connection.
+If nobody did (the sibling is stuck or gone), it accepts anyway.
+
+The board also says which workers are listening: the owner starts its HTTP
+front-end (what readiness probes see) only once every worker is, or a node
+just started would take its first associations in whichever process was
+up first (measured: every association of a benchmark in the owner).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: The inherited listening socket's descriptor, the board's, and this process's slot.
+LISTEN_FD_ENV = "CHRONICLE_DIMSE_LISTEN_FD"
+BOARD_FD_ENV = "CHRONICLE_DIMSE_BOARD_FD"
+SLOT_ENV = "CHRONICLE_DIMSE_SLOT"
+SLOTS_ENV = "CHRONICLE_DIMSE_SLOTS"
+#: How long a busier process leaves a pending connection to a less busy one,
+#: per association it has beyond the sibling's count.
+YIELD_SECONDS = 0.005
+_COUNTER = 4  # bytes per slot: a native int, read and written whole
+
+
+class LoadBoard:
+    """Open associations per process, and which processes listen, in memory
+    every process of the node maps (a counter and a flag per slot)."""
+
+    def __init__(self, fd: int, slots: int, slot: int) -> None:
+        if not 0 <= slot < slots:
+            raise ValueError(f"slot {slot} is outside a board of {slots}")
+        self.fd, self.slots, self.slot = fd, slots, slot
+        self._map = mmap.mmap(fd, 2 * slots * _COUNTER)
+        cells = memoryview(self._map).cast("i")
+        self._counts, self._ready = cells[:slots], cells[slots:]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def create(cls, slots: int) -> LoadBoard:
+        """A zeroed board; the creating process (the owner) takes slot 0."""
+        fd = os.memfd_create("chronicle-dimse-load", 0)
+        os.ftruncate(fd, 2 * slots * _COUNTER)
+        return cls(fd, slots, 0)
+
+    def mark_ready(self) -> None:
+        """This process accepts associations now."""
+        self._ready[self.slot] = 1
+
+    def wait_ready(self, timeout: float) -> list[int]:
+        """Wait until every other slot is ready; the slots still not ready."""
+        deadline = time.monotonic() + timeout
+        while True:
+            missing = [i for i in range(self.slots) if i != self.slot and not self._ready[i]]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            time.sleep(0.05)
+
+    def enter(self) -> None:
+        with self._lock:
+            self._counts[self.slot] += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._counts[self.slot] = max(0, self._counts[self.slot] - 1)
+
+    def excess(self) -> int:
+        """How many more associations this process has than its least busy sibling."""
+        mine = self._counts[self.slot]
+        others = [self._counts[i] for i in range(self.slots) if i != self.slot]
+        return max(0, mine - min(others)) if others else 0
+
+    def counts(self) -> list[int]:
+        return list(self._counts)
+
+
+@dataclass
+class SharedListener:
+    """The node's one DIMSE listening socket and its load board."""
+
+    sock: socket.socket
+    board: LoadBoard
+
+    @classmethod
+    def open(cls, host: str, port: int, processes: int) -> SharedListener:
+        """The owner's: bound before any worker starts, so port 0 works too."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Other `chronicle serve` processes on this host may still join the port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        return cls(sock, LoadBoard.create(processes))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SharedListener | None:
+        """A worker's, from what the owner passed it; None for a process on its own."""
+        env = os.environ if env is None else env
+        if LISTEN_FD_ENV not in env:
+            return None
+        sock = socket.socket(fileno=int(env[LISTEN_FD_ENV]))
+        board = LoadBoard(int(env[BOARD_FD_ENV]), int(env[SLOTS_ENV]), int(env[SLOT_ENV]))
+        return cls(sock, board)
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.sock.fileno(), self.board.fd
+
+    def env_for(self, slot: int) -> dict[str, str]:
+        return {
+            LISTEN_FD_ENV: str(self.sock.fileno()),
+            BOARD_FD_ENV: str(self.board.fd),
+            SLOT_ENV: str(slot),
+            SLOTS_ENV: str(self.board.slots),
+        }
