@@ -46,6 +46,7 @@ from api.stow_response import (
 from infra.errors import Invalid, Unavailable
 from infra.settings import Settings
 from ingest.multipart import BodyTooLarge, MultipartSpool, Part, parse_content_type
+from ingest.part10_spool import writer_for
 from schemas.events import Source
 from schemas.uids import check_uid, is_uid
 
@@ -67,7 +68,12 @@ class Part10Store(Protocol):
     ) -> StoreOutcomeLike: ...
 
     def store_part10_files(
-        self, paths: Sequence[Path], *, source: Source, expected_study_uid: str | None = None
+        self,
+        paths: Sequence[Path],
+        *,
+        source: Source,
+        expected_study_uid: str | None = None,
+        received: bool = False,
     ) -> Sequence[StoreOutcomeLike | Exception]: ...
 
 
@@ -111,7 +117,10 @@ async def _store(request: Request, study: str | None) -> Response:
     storer = _Storer(archive.ingest, _source(request), study)
     try:
         async with MultipartSpool(
-            settings.data_dir / "tmp", boundary, max_body_bytes=settings.max_body_bytes
+            settings.data_dir / "tmp",
+            boundary,
+            max_body_bytes=settings.max_body_bytes,
+            part_writer=writer_for if kind == PART10 else None,
         ) as spool:
             parts = [part async for part in spool.parts(request.stream())]
             if not parts:
@@ -258,6 +267,7 @@ class _Storer:
                 paths,
                 source=self._source,
                 expected_study_uid=self._study,
+                received=True,  # spool files, removed after: ingest may keep them
             )
         except Exception as exc:  # the disk floor, checked once for the request
             outcomes = [exc] * len(paths)

@@ -13,7 +13,7 @@ import binascii
 import re
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,6 +36,11 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PARAM = re.compile(rf'\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*(?:;|$)')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _IDENTITY_ENCODINGS = frozenset({"", "binary", "8bit", "7bit"})
+
+
+#: Wraps a part's spool file given the part's headers (ingest.part10_spool):
+#: whatever it returns is written the part's bytes in order, then closed.
+PartWriter = Callable[[dict[str, str], BinaryIO], BinaryIO]
 
 
 class BodyTooLarge(Invalid):
@@ -112,7 +117,13 @@ class _After(Enum):
 class _Parser:
     """Synchronous state machine: feed bytes, get the parts completed by them."""
 
-    def __init__(self, boundary: bytes, directory: Path, max_part_bytes: int | None) -> None:
+    def __init__(
+        self,
+        boundary: bytes,
+        directory: Path,
+        max_part_bytes: int | None,
+        part_writer: PartWriter | None = None,
+    ) -> None:
         self._boundary = boundary.decode("ascii")
         self._delimiter = CRLF + b"--" + boundary
         # A leading CRLF lets a delimiter at the very start of the body (no
@@ -121,6 +132,7 @@ class _Parser:
         self._state = _State.PREAMBLE
         self._dir = directory
         self._max_part = max_part_bytes
+        self._part_writer = part_writer
         self._count = 0
         self._headers: dict[str, str] = {}
         self._file: BinaryIO | None = None
@@ -237,6 +249,8 @@ class _Parser:
         self._count += 1
         self._path = self._dir / f"part-{self._count:05d}"
         self._file = self._path.open("wb")
+        if self._part_writer is not None:
+            self._file = self._part_writer(self._headers, self._file)
         self._size = 0
 
     def _write(self, upto: int) -> None:
@@ -338,6 +352,7 @@ class MultipartSpool:
         max_body_bytes: int,
         max_part_bytes: int | None = None,
         feed_bytes: int = FEED_BYTES,
+        part_writer: PartWriter | None = None,
     ) -> None:
         self._boundary = check_boundary(boundary)
         self._feed_bytes = feed_bytes
@@ -345,7 +360,7 @@ class MultipartSpool:
         self._max_part = max_part_bytes
         spool_dir.mkdir(parents=True, exist_ok=True)
         self.directory = Path(tempfile.mkdtemp(prefix="multipart-", dir=spool_dir))
-        self._parser = _Parser(self._boundary, self.directory, max_part_bytes)
+        self._parser = _Parser(self._boundary, self.directory, max_part_bytes, part_writer)
 
     async def parts(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[Part]:
         """Yield each part as soon as its closing delimiter has been read."""

@@ -102,7 +102,12 @@ class FakeIngest:
         return Outcome(event, sop in self.duplicates, self.warnings.get(sop, []))
 
     def store_part10_files(
-        self, paths: list[Path], *, source: Source, expected_study_uid: str | None = None
+        self,
+        paths: list[Path],
+        *,
+        source: Source,
+        expected_study_uid: str | None = None,
+        received: bool = False,
     ) -> list[Outcome | Exception]:
         """As the service does for an outage: once storage is unavailable, every
         file not yet stored gets that error."""
