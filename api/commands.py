@@ -39,16 +39,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     archive = open_archive(settings, roles=settings.roles)
     pool = workers.WorkerPool()
     listener: SharedListener | None = None
+    state = None
     try:
         extra = workers.worker_count(settings)
         if extra:
             if workers.needs_owner_endpoint(settings):
                 pool.start_internal(archive)
+                state = workers.share_owner_state(archive)
             if _serves_dimse(archive):
                 listener = SharedListener.open(
                     settings.dimse_host, settings.dimse_port, processes=extra + 1
                 )
-            pool.spawn(extra, sys.argv[1:], listener)
+            pool.spawn(extra, sys.argv[1:], listener, state)
         return _serve_front_ends(archive, process="owner", listener=listener)
     finally:
         _exit_if_stuck(SHUTDOWN_SECONDS)

@@ -40,11 +40,14 @@ from api.roles import (
     is_embedded_index,
 )
 from api.wiring import Archive
+from infra.clickhouse import ClickHouseStore
 from infra.factory import open_blob_store, open_event_log, open_projection_store
+from infra.owner_state import OwnerState
 from infra.ports import Position, ProjectionStore
 from infra.proxy_index import OwnerProjectionStore
 from infra.settings import Settings
 from ingest.service import IngestService
+from projections.runner import Projector
 
 log = logging.getLogger("chronicle.workers")
 
@@ -151,7 +154,7 @@ def _projection_view(
     if API not in roles:
         return NoIndex(), NoFeed()
     if owner_url:
-        owner = OwnerProjectionStore(owner_url, token)
+        owner = OwnerProjectionStore(owner_url, token, state=OwnerState.from_env())
         return owner, OwnerProjector(owner)
     index = open_projection_store(settings.index_url)
     return index, CheckpointWatcher(index)
@@ -184,16 +187,25 @@ class WorkerPool:
             target=server.run, kwargs={"sockets": [sock]}, name="internal-http", daemon=True
         ).start()
 
-    def spawn(self, count: int, argv: list[str], listener: SharedListener | None = None) -> None:
+    def spawn(
+        self,
+        count: int,
+        argv: list[str],
+        listener: SharedListener | None = None,
+        state: OwnerState | None = None,
+    ) -> None:
         """Start `count` workers; with `listener`, each serves DIMSE on its socket
-        (inherited) from its own slot of the load board, the owner's being 0."""
+        (inherited) from its own slot of the load board, the owner's being 0;
+        with `state`, they follow the owner's index writes and checkpoint there."""
         env = {**os.environ, WORKER_ENV: "1"}
         if self.owner_url:
             env.update({OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token})
+        if state is not None:
+            env.update(state.env())
+        fds = (*(listener.fds if listener else ()), *((state.fd,) if state else ()))
         for i in range(count):
             command = [sys.executable, "-m", "api.cli", *argv]
             shared = listener.env_for(i + 1) if listener else {}
-            fds = listener.fds if listener else ()
             self.processes.append(subprocess.Popen(command, env={**env, **shared}, pass_fds=fds))
             log.info("started front-end worker %d (pid %d)", i + 1, self.processes[-1].pid)
 
@@ -209,3 +221,14 @@ class WorkerPool:
                 process.kill()
         if self._server is not None:
             self._server.should_exit = True  # type: ignore[attr-defined]
+
+
+def share_owner_state(archive: Archive) -> OwnerState:
+    """The owner's index writes and checkpoint, published for its workers."""
+    state = OwnerState.create()
+    if isinstance(archive.index, ClickHouseStore):
+        archive.index.published = state
+    if isinstance(archive.projector, Projector):
+        archive.projector.published = state
+        state.publish_checkpoint(archive.projector.checkpoint())
+    return state

@@ -39,10 +39,10 @@ from clickhouse_connect.driver.exceptions import (
 )
 
 from infra.errors import Invalid, Unavailable
-from infra.read_cache import ReadCache
+from infra.owner_state import OwnerState
+from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache, statement_key
 
 DEFAULT_DATABASE = "chronicle"
-READ_CACHE_ENV = "CHRONICLE_READ_CACHE"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 #: ClickHouse error codes that mean "the statement or its values are wrong",
@@ -124,9 +124,10 @@ class ClickHouseStore:
         # CHRONICLE_READ_CACHE=0 turns it off (benchmarks measure both ways).
         cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
         self._cache = ReadCache() if cached else None
-        #: Set in a thread building a memo: its statements are not kept apart
-        #: from the answer they make (the answer is kept, and is all that is read).
-        self._building = threading.local()
+        self._reads = CachedReads(self._cache)
+        self._in_progress = 0
+        #: The owner's workers follow its writes here (infra.owner_state).
+        self.published: OwnerState | None = None
         first = self._open_client(database=None)
         try:
             self._ensure_database(first)
@@ -150,10 +151,8 @@ class ClickHouseStore:
     def query_dicts(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        key = _cache_key(sql, parameters) if self._cache is not None else None
-        if self._cache is None or key is None or getattr(self._building, "active", False):
-            return self._query_dicts(sql, parameters)
-        return self._cache.read(key, lambda: self._query_dicts(sql, parameters))
+        key = statement_key(sql, parameters) if self._cache is not None else None
+        return self._reads.statement(key, lambda: self._query_dicts(sql, parameters))
 
     def memo(
         self,
@@ -163,17 +162,7 @@ class ClickHouseStore:
     ) -> list[dict[str, Any]]:
         """`build()`, kept like a statement's rows until the next write when the
         read cache is on (fresh top-level dicts per call); else built every time."""
-        if self._cache is None:
-            return build()
-
-        def building() -> list[dict[str, Any]]:
-            self._building.active = True
-            try:
-                return build()
-            finally:
-                self._building.active = False
-
-        return self._cache.read(("memo", key), building, weigh)
+        return self._reads.memo(key, build, weigh)
 
     def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         with self._lease() as client:
@@ -233,19 +222,22 @@ class ClickHouseStore:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        self._writes += 1
-        if self._cache is None:
-            try:
-                yield
-            finally:
-                self._writes += 1
-            return
-        self._cache.write_started()
+        self._counted(+1)
+        if self._cache is not None:
+            self._cache.write_started()
         try:
             yield
         finally:
+            self._counted(-1)
+            if self._cache is not None:
+                self._cache.write_finished()
+
+    def _counted(self, step: int) -> None:
+        with self._lock:
             self._writes += 1
-            self._cache.write_finished()
+            self._in_progress += step
+            if self.published is not None:
+                self.published.publish_writes(self._writes, self._in_progress)
 
     @contextmanager
     def _lease(self) -> Iterator[Client]:
@@ -291,22 +283,6 @@ class ClickHouseStore:
 
     def _fail(self, exc: ClickHouseError) -> NoReturn:
         raise translate_error(exc, self._where) from exc
-
-
-def _cache_key(sql: str, parameters: Mapping[str, Any] | None) -> Hashable | None:
-    """(sql, parameters) as a dict key; None when a value cannot be one."""
-    frozen = tuple(sorted((k, _frozen(v)) for k, v in (parameters or {}).items()))
-    try:
-        hash(frozen)
-    except TypeError:
-        return None
-    return (sql, frozen)
-
-
-def _frozen(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_frozen(v) for v in value)
-    return value
 
 
 def translate_error(exc: ClickHouseError, where: str) -> Unavailable | Invalid:

@@ -5,27 +5,56 @@ chDB locks its data directory to one process. Front-end worker processes
 through the owner's internal endpoint instead: the same SQL, the same
 parameters, read-only. URL: `owner+http://127.0.0.1:PORT` with the shared
 secret in CHRONICLE_INTERNAL_TOKEN.
+
+With the owner's state in shared memory (infra.owner_state) a worker keeps
+statement rows and whole answers (`memo`) like the owner does, until the
+owner's next write, and skips the round trip of a read-your-writes wait the
+owner's checkpoint already covers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import httpx
 import orjson
 
 from infra.errors import Invalid, NotFound, Unavailable
+from infra.owner_state import OwnerState
+from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache, statement_key
 
 TOKEN_HEADER = "X-Chronicle-Token"
 
 
 class OwnerProjectionStore:
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 60.0,
+        state: OwnerState | None = None,
+    ) -> None:
         self._base = base_url.rstrip("/")
         self._token = token if token is not None else os.environ.get("CHRONICLE_INTERNAL_TOKEN", "")
         self._client = httpx.Client(timeout=timeout, headers={TOKEN_HEADER: self._token})
+        self._state = state
+        cached = state is not None and os.environ.get(READ_CACHE_ENV, "1") != "0"
+        self._reads = CachedReads(ReadCache(follow=state.writes) if cached and state else None)
+
+    @property
+    def generation(self) -> int | None:
+        """The owner's write counter, when shared (see ClickHouseStore.generation)."""
+        return self._state.writes()[0] if self._state is not None else None
+
+    def memo(
+        self,
+        key: Hashable,
+        build: Callable[[], list[dict[str, Any]]],
+        weigh: Callable[[list[dict[str, Any]]], int],
+    ) -> list[dict[str, Any]]:
+        return self._reads.memo(key, build, weigh)
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
         try:
@@ -51,6 +80,10 @@ class OwnerProjectionStore:
     def query_dicts(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
+        key = statement_key(sql, parameters) if self._reads.cache is not None else None
+        return self._reads.statement(key, lambda: self._query_dicts(sql, parameters))
+
+    def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         answer = self._post("/internal/query", {"sql": sql, "parameters": dict(parameters or {})})
         names = answer["columns"]
         return [dict(zip(names, row, strict=True)) for row in answer["rows"]]
@@ -65,6 +98,8 @@ class OwnerProjectionStore:
 
     def wait(self, target: Mapping[int, int], timeout: float) -> bool:
         """Read-your-writes through the owner's projector."""
+        if self._state is not None and self._state.covers(target):
+            return True
         answer = self._post(
             "/internal/wait", {"target": {str(p): o for p, o in target.items()}, "timeout": timeout}
         )

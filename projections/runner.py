@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from infra.errors import ChronicleError, Invalid
+from infra.owner_state import OwnerState
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
 from projections import stats
 from projections.conflicts import receipt_by_sop_rows
@@ -120,6 +121,8 @@ class Projector:
         self._refreshed_at = 0.0
         self._index = index
         self._blobs = blobs
+        #: The owner's workers read the checkpoint here (infra.owner_state).
+        self.published: OwnerState | None = None
         self._batch = batch
         self._name = name
         self._suffix = suffix
@@ -150,8 +153,14 @@ class Projector:
             with self._cond:
                 self._position = stored
                 self._loaded = True
+                self._publish()
         with self._cond:
             return dict(self._position)
+
+    def _publish(self) -> None:
+        """Called with `_cond` held, whenever the position moved."""
+        if self.published is not None:
+            self.published.publish_checkpoint(self._position)
 
     def _stored(self) -> dict[int, int]:
         rows = self._index.query(
@@ -173,6 +182,7 @@ class Projector:
                 if o > self._position.get(p, 0):
                     self._position[p] = o
             self._loaded = True
+            self._publish()
             self._cond.notify_all()
 
     def reload(self) -> None:
@@ -235,6 +245,7 @@ class Projector:
         with self._cond:
             for p, o in advanced.items():
                 self._position[p] = max(o, self._position.get(p, 0))
+            self._publish()
             self._cond.notify_all()
         return len(records)
 

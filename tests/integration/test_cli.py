@@ -103,6 +103,10 @@ def test_several_worker_processes_share_the_ports(
     server = start_chronicle(["--workers", "2"])
     study = make_ct().StudyInstanceUID
     datasets = [make_ct(study_uid=study, rows=8, cols=8, patient_id="WORKERS-1") for _ in range(12)]
+    # Both processes answer (and keep) this search before the stores: each must
+    # drop what it kept when the owner's index changes (shared write counter).
+    for _ in range(6):
+        assert studies(base_url=server.base_url, PatientID="WORKERS-1") == []
 
     def send(part: list[object]) -> None:
         ae = AE(ae_title="HARNESS")
@@ -122,6 +126,8 @@ def test_several_worker_processes_share_the_ports(
     for _ in range(6):
         [found] = studies(server.base_url, StudyInstanceUID=study)
         assert found["00201208"]["Value"] == [12]  # type: ignore[index]
+        [again] = studies(server.base_url, PatientID="WORKERS-1")
+        assert again["00201208"]["Value"] == [12]  # type: ignore[index]
     assert "worker" in server.output()
 
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from infra.factory import open_projection_store
+from infra.owner_state import OwnerState
 from infra.read_cache import ReadCache
 
 
@@ -74,3 +75,35 @@ def test_chdb_store_reads_see_every_insert(tmp_path: Path) -> None:
         assert store.query_dicts("SELECT count() AS n FROM t") == [{"n": 3}]
     finally:
         store.close()
+
+
+def test_a_cache_following_the_owners_writes_drops_what_it_kept_when_they_change() -> None:
+    """A worker's cache (infra.proxy_index) follows the owner's counter in shared memory."""
+    state = OwnerState.create()
+    cache = ReadCache(follow=state.writes)
+    calls: list[int] = []
+
+    def run() -> list[dict[str, object]]:
+        calls.append(1)
+        return [{"n": len(calls)}]
+
+    assert cache.read("k", run) == [{"n": 1}]
+    assert cache.read("k", run) == [{"n": 1}]  # kept
+    state.publish_writes(1, 1)  # the owner started a write
+    assert cache.read("k", run) == [{"n": 2}]
+    assert cache.read("k", run) == [{"n": 3}]  # not kept while it is in progress
+    state.publish_writes(2, 0)
+    assert cache.read("k", run) == [{"n": 4}]
+    assert cache.read("k", run) == [{"n": 4}]
+
+
+def test_an_answer_read_while_the_owner_wrote_is_not_kept() -> None:
+    state = OwnerState.create()
+    cache = ReadCache(follow=state.writes)
+
+    def run_across_a_write() -> list[dict[str, object]]:
+        state.publish_writes(2, 0)  # a whole write happened meanwhile
+        return [{"stale": True}]
+
+    cache.read("k", run_across_a_write)
+    assert cache.read("k", lambda: [{"stale": False}]) == [{"stale": False}]
