@@ -173,7 +173,7 @@ class MessageReader:
             return message
         if message is None or self._file is None:
             raise ProtocolError("a data set fragment without its command")
-        self._file.write(value)
+        write_all(self._file, value)
         self._digest.update(value)
         message.dataset_bytes += len(value)
         if not control & _LAST:
@@ -183,6 +183,13 @@ class MessageReader:
         self._file = None
         self._message = None
         return message
+
+
+def write_all(file: Any, data: bytes | memoryview) -> None:
+    """All of `data`: a raw (unbuffered) file may take less than asked."""
+    view = memoryview(data)
+    while view:
+        view = view[file.write(view) :]
 
 
 def _fill(sock: socket.socket, view: memoryview, *, allow_eof: bool) -> bool:
