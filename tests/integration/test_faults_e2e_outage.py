@@ -11,6 +11,7 @@ before, during and after, is found and retrieved byte for byte.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,9 @@ FAST_S3 = {"connect_timeout": "0.5", "read_timeout": "0.5", "max_attempts": "2"}
 HANDLING_S = 1.0
 #: A modality's usual DIMSE timeout (pynetdicom's default; many are 30-60 s).
 MODALITY_DIMSE_TIMEOUT_S = 30.0
-STREAM_LENGTH = 150
+#: Long enough for every stream to be running when the fault starts (STOW-RS got
+#: faster: 50 tiny instances per stream could all be kept before the freeze).
+STREAM_LENGTH = 450
 STREAMS = 3
 T = TypeVar("T")
 
@@ -90,6 +93,7 @@ def outage_run(
         stream.start()
     wait_for(lambda: all(s.acknowledged() for s in streams), 10, "the STOW streams started")
     freeze()
+    running = [stream.is_alive() for stream in streams]
     try:
         with ThreadPoolExecutor(1) as pool:
             c_store = pool.submit(timed, lambda: storescu(server, [during[0].path]))
@@ -97,13 +101,16 @@ def outage_run(
             c_store_seconds, statuses = c_store.result()
     finally:
         thaw()
+        thawed = time.monotonic()
+    assert all(running), "a STOW stream ended before the fault: make STREAM_LENGTH longer"
     assert statuses == {during[0].path: OUT_OF_RESOURCES}
     assert refused.status_code == 503, refused.text
     assert int(refused.headers["Retry-After"]) > 0
     assert c_store_seconds < bound + HANDLING_S, f"0xA700 only after {c_store_seconds:.2f} s"
     assert stow_seconds < bound + HANDLING_S, f"503 only after {stow_seconds:.2f} s"
     for stream in streams:
-        wait_for(stream.resumed, 20, "a STOW stream got through the fault", interval=0.05)
+        resumed = functools.partial(stream.resumed, since=thawed)
+        wait_for(resumed, 20, "a STOW stream got through after the fault", interval=0.05)
         stream.halt.set()
     for stream in streams:
         stream.join(timeout=60)

@@ -116,6 +116,8 @@ class StowStream(threading.Thread):
         self.server, self.instances = server, instances
         self.stop_on_failure = stop_on_failure
         self.answers: list[tuple[SentInstance, int]] = []
+        #: When each answer came (time.monotonic()), in the order of `answers`.
+        self.answered_at: list[float] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -126,6 +128,7 @@ class StowStream(threading.Thread):
                 status = stow(self.server, [instance]).status_code
             except httpx.HTTPError:
                 status = 0
+            self.answered_at.append(time.monotonic())
             self.answers.append((instance, status))
             if status != 200 and self.stop_on_failure:
                 return
@@ -136,8 +139,13 @@ class StowStream(threading.Thread):
     def refused(self) -> list[SentInstance]:
         return [instance for instance, status in self.answers if status != 200]
 
-    def resumed(self) -> bool:
-        """Successes after a failure: the stream saw the fault and got through it."""
+    def resumed(self, since: float | None = None) -> bool:
+        """Successes after a failure: the stream saw the fault and got through it.
+        With `since` (when the fault ended): three successes answered after it,
+        failure or not (a request may wait out the whole fault and then succeed)."""
+        if since is not None:
+            answered = zip(self.answers, self.answered_at, strict=False)
+            return sum(1 for (_, s), at in answered if s == 200 and at > since) >= 3
         statuses = [status for _, status in self.answers]
         first_failure = next((n for n, s in enumerate(statuses) if s != 200), len(statuses))
         return statuses[first_failure:].count(200) >= 3
