@@ -32,6 +32,7 @@ log = logging.getLogger("chronicle")
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     check_roles(settings)
     if workers.is_worker():
+        workers.die_with_owner()
         owner_url = os.environ.get(workers.OWNER_URL_ENV) or None
         token = os.environ.get(workers.TOKEN_ENV, "")
         archive = workers.open_worker_archive(settings, owner_url, token)

@@ -17,6 +17,7 @@ node needs no index and no owner endpoint at all.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -56,6 +57,9 @@ WORKER_ENV = "CHRONICLE_FRONT_END_WORKER"
 #: The owner's internal endpoint, set only when workers read the index through it.
 OWNER_URL_ENV = "CHRONICLE_OWNER_URL"
 TOKEN_ENV = "CHRONICLE_INTERNAL_TOKEN"
+#: The owner's pid, set in every worker's environment (`die_with_owner`).
+OWNER_PID_ENV = "CHRONICLE_OWNER_PID"
+_PR_SET_PDEATHSIG = 1
 
 
 def is_worker(environ: Mapping[str, str] | None = None) -> bool:
@@ -197,7 +201,7 @@ class WorkerPool:
         """Start `count` workers; with `listener`, each serves DIMSE on its socket
         (inherited) from its own slot of the load board, the owner's being 0;
         with `state`, they follow the owner's index writes and checkpoint there."""
-        env = {**os.environ, WORKER_ENV: "1"}
+        env = {**os.environ, WORKER_ENV: "1", OWNER_PID_ENV: str(os.getpid())}
         if self.owner_url:
             env.update({OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token})
         if state is not None:
@@ -232,3 +236,19 @@ def share_owner_state(archive: Archive) -> OwnerState:
         archive.projector.published = state
         state.publish_checkpoint(archive.projector.checkpoint())
     return state
+
+
+def die_with_owner(environ: Mapping[str, str] | None = None) -> None:
+    """A worker must not outlive its owner (killed, crashed): it would keep the
+    ports, and its index reads and checkpoint would go nowhere. On Linux the
+    kernel sends it SIGTERM when the owner dies; if the owner is already gone,
+    it stops now."""
+    env = os.environ if environ is None else environ
+    owner = env.get(OWNER_PID_ENV)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the owner's stop() ends us
+        return
+    if owner and os.getppid() != int(owner):
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -155,3 +155,18 @@ def test_associations_are_spread_evenly_over_the_processes(
     finally:
         for assoc in held:
             assoc.release()
+
+
+def test_workers_stop_when_their_owner_is_killed(start_chronicle: StartChronicle) -> None:
+    """SIGKILL leaves no orphan holding the ports: the kernel tells the workers."""
+    server = start_chronicle(["--workers", "2"])
+    owner = server.process.pid
+    [worker] = [int(c) for c in Path(f"/proc/{owner}/task/{owner}/children").read_text().split()]
+    server.kill()
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        if "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]:
+            break  # exited; a zombie until its new parent reaps it
+        time.sleep(0.1)
+    alive = Path(f"/proc/{worker}").exists()
+    assert not alive or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
