@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from api import importer, workers
-from api.dimse.balance import SharedListener
+from api.dimse.balance import SharedListener, reuse_port_socket
 from api.roles import API, INGEST, PROJECTOR, check_roles, describe
 from api.wiring import Archive, open_archive
 from infra.factory import open_blob_store, open_event_log, open_projection_store
@@ -123,7 +123,7 @@ def _serve_front_ends(
     dimse = _start_dimse(archive, listener)
     if listener is not None:
         _join_siblings(listener, process)
-    http_socket = workers.reuse_port_socket(settings.http_host, settings.http_port)
+    http_socket = reuse_port_socket(settings.http_host, settings.http_port)
     log.info("%s", startup_line(archive, process, dimse is not None))
     try:
         config = uvicorn.Config(

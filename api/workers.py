@@ -99,20 +99,6 @@ def needs_owner_endpoint(settings: Settings) -> bool:
     return API in settings.roles and is_embedded_index(settings.index_url)
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket that sibling processes can bind too."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections
-    # only when the proto says TCP, and without it every response split in two
-    # writes waited ~40 ms for the peer's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
-
-
 class OwnerProjector:
     """The projector as a worker sees it: the owner's, over loopback."""
 

@@ -40,7 +40,7 @@ from clickhouse_connect.driver.exceptions import (
 
 from infra.errors import Invalid, Unavailable
 from infra.owner_state import OwnerState
-from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache, statement_key
+from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache
 
 DEFAULT_DATABASE = "chronicle"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -151,8 +151,7 @@ class ClickHouseStore:
     def query_dicts(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        key = statement_key(sql, parameters) if self._cache is not None else None
-        return self._reads.statement(key, lambda: self._query_dicts(sql, parameters))
+        return self._reads.statement(sql, parameters, lambda: self._query_dicts(sql, parameters))
 
     def memo(
         self,

@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
@@ -62,30 +62,17 @@ class FileBlobStore:
     # -- write ------------------------------------------------------------------
 
     def put_if_absent(self, key: str, source: BinaryIO | bytes) -> bool:
-        path = self._path(key)
-        temp = path.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
-        unsynced: list[Path] = []
+        final = self._path(key)
+        temp = final.parent / f"{_TEMP_PREFIX}{uuid.uuid4().hex}"
+
+        def write_and_link() -> bool:
+            _write_synced(temp, source)
+            return _link_if_absent(temp, final)
+
         try:
-            if path.parent in self._folders and os.path.isfile(path):
-                stored = False
-            else:
-                if path.is_dir():
-                    raise Conflict(f"blob key {key} names a folder of other blobs")
-                unsynced = self._make_dirs(path.parent)
-                _write_synced(temp, source)
-                stored = _link_if_absent(temp, path)
-            # Also when the key existed: a concurrent writer may have linked it
-            # without having fsynced the folder yet, and our caller will
-            # acknowledge on the strength of this answer.
-            _fsync_dir(path.parent)
-            self._sync_entries(unsynced)
-            return stored
+            return self._place(key, final, write_and_link)
         except _SourceFailed as failed:
             raise failed.error from None
-        except NotADirectoryError as exc:
-            raise Conflict(f"blob key {key} lies under another blob") from exc
-        except OSError as exc:
-            _fail(exc, key)
         finally:
             with contextlib.suppress(OSError):
                 # A leftover temp file is harmless: keys() skips it.
@@ -97,32 +84,45 @@ class FileBlobStore:
         Chronicle's File Meta). Copies when the file is on another filesystem or
         hard links are not supported."""
         final = self._path(key)
+        if not os.path.isfile(path):
+            raise Invalid(f"no file {path} to keep as blob {key}")
+
+        def link() -> bool:
+            _sync_file(path)
+            try:
+                os.link(path, final)
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                if exc.errno in _NO_LINK:
+                    raise _NoLink from exc
+                raise
+
+        try:
+            return self._place(key, final, link)
+        except _NoLink:
+            with open(path, "rb") as source:
+                return self.put_if_absent(key, source)
+
+    def _place(self, key: str, final: Path, store: Callable[[], bool]) -> bool:
+        """`store()` the blob at `final` unless it is there; then make its name
+        durable. True when this call stored it."""
+        unsynced: list[Path] = []
         try:
             if final.parent in self._folders and os.path.isfile(final):
                 stored = False
-                unsynced: list[Path] = []
             else:
                 if final.is_dir():
                     raise Conflict(f"blob key {key} names a folder of other blobs")
                 unsynced = self._make_dirs(final.parent)
-                _sync_file(path)
-                try:
-                    os.link(path, final)
-                    stored = True
-                except FileExistsError:
-                    stored = False
-                except OSError as exc:
-                    if exc.errno not in _NO_LINK:
-                        raise
-                    with open(path, "rb") as source:
-                        return self.put_if_absent(key, source)
+                stored = store()
+            # Also when the key existed: a concurrent writer may have linked it
+            # without having fsynced the folder yet, and our caller will
+            # acknowledge on the strength of this answer.
             _fsync_dir(final.parent)
             self._sync_entries(unsynced)
             return stored
-        except FileNotFoundError as exc:
-            if not os.path.exists(path):
-                raise Invalid(f"no file {path} to keep as blob {key}") from exc
-            _fail(exc, key)
         except NotADirectoryError as exc:
             raise Conflict(f"blob key {key} lies under another blob") from exc
         except OSError as exc:
@@ -229,6 +229,10 @@ def _write_synced(temp: Path, source: BinaryIO | bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _NoLink(Exception):
+    """Hard links cannot reach the blob's folder (another filesystem, or none)."""
 
 
 class _SourceFailed(Exception):

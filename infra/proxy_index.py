@@ -23,7 +23,7 @@ import orjson
 
 from infra.errors import Invalid, NotFound, Unavailable
 from infra.owner_state import OwnerState
-from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache, statement_key
+from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache
 
 TOKEN_HEADER = "X-Chronicle-Token"
 
@@ -80,8 +80,7 @@ class OwnerProjectionStore:
     def query_dicts(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        key = statement_key(sql, parameters) if self._reads.cache is not None else None
-        return self._reads.statement(key, lambda: self._query_dicts(sql, parameters))
+        return self._reads.statement(sql, parameters, lambda: self._query_dicts(sql, parameters))
 
     def _query_dicts(self, sql: str, parameters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
         answer = self._post("/internal/query", {"sql": sql, "parameters": dict(parameters or {})})

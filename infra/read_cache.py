@@ -128,10 +128,14 @@ class CachedReads:
         #: from the answer they make (the answer is kept, and is all that is read).
         self._building = threading.local()
 
-    def statement(self, key: Hashable | None, run: Callable[[], Rows]) -> Rows:
-        if self.cache is None or key is None or getattr(self._building, "active", False):
+    def statement(
+        self, sql: str, parameters: Mapping[str, Any] | None, run: Callable[[], Rows]
+    ) -> Rows:
+        """`run()`'s rows for this statement, kept unless a memo is being built."""
+        if self.cache is None or getattr(self._building, "active", False):
             return run()
-        return self.cache.read(key, run)
+        key = _statement_key(sql, parameters)
+        return run() if key is None else self.cache.read(key, run)
 
     def memo(self, key: Hashable, build: Callable[[], Rows], weigh: Callable[[Rows], int]) -> Rows:
         """`build()`, kept like a statement's rows until the next write (fresh
@@ -149,7 +153,7 @@ class CachedReads:
         return self.cache.read(("memo", key), building, weigh)
 
 
-def statement_key(sql: str, parameters: Mapping[str, Any] | None) -> Hashable | None:
+def _statement_key(sql: str, parameters: Mapping[str, Any] | None) -> Hashable | None:
     """(sql, parameters) as a dict key; None when a value cannot be one."""
     frozen = tuple(sorted((k, _frozen(v)) for k, v in (parameters or {}).items()))
     try:

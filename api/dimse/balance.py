@@ -92,6 +92,20 @@ class LoadBoard:
         return list(self._counts)
 
 
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that sibling processes can bind too."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections
+    # only when the proto says TCP, and without it every response split in two
+    # writes waited ~40 ms for the peer's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
 @dataclass
 class SharedListener:
     """The node's one DIMSE listening socket and its load board."""
@@ -101,15 +115,9 @@ class SharedListener:
 
     @classmethod
     def open(cls, host: str, port: int, processes: int) -> SharedListener:
-        """The owner's: bound before any worker starts, so port 0 works too."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Other `chronicle serve` processes on this host may still join the port.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        return cls(sock, LoadBoard.create(processes))
+        """The owner's: bound before any worker starts, so port 0 works too.
+        SO_REUSEPORT still lets other `chronicle serve` processes join the port."""
+        return cls(reuse_port_socket(host, port), LoadBoard.create(processes))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SharedListener | None:
