@@ -7,6 +7,7 @@ dimse_harness.py); one test keeps instances with the real ingest service.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import subprocess
@@ -232,7 +233,11 @@ def test_a_mixed_association_stores_through_pynetdicom(
     ],
 )
 def test_store_failures_map_to_failure_statuses(
-    server: DimseServer, ingest: ScriptedIngest, raised: Exception, status: int
+    server: DimseServer,
+    ingest: ScriptedIngest,
+    raised: Exception,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     def fail(path: Path) -> Any:
         raise raised
@@ -242,6 +247,12 @@ def test_store_failures_map_to_failure_statuses(
     assert answer.Status == status
     assert answer.ErrorComment and len(answer.ErrorComment) <= 64
     assert len(ingest.calls) == 1
+    failed = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "C-STORE from" in r.getMessage()
+    ]
+    assert failed and f"0x{status:04X}" in failed[0].getMessage()
 
 
 def test_dataset_naming_another_instance_is_refused_before_ingest(
@@ -318,8 +329,9 @@ def test_connection_cut_mid_dataset_leaves_no_file(
 
 
 def test_storescu_sends_200_instances_over_one_association(
-    server: DimseServer, ingest: ScriptedIngest, tmp_path: Path
+    server: DimseServer, ingest: ScriptedIngest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="chronicle.dimse")
     study = generate_uid()
     for number in range(200):
         write_part10(_small_ct(study_uid=study, InstanceNumber=number), tmp_path / f"{number}.dcm")
@@ -345,6 +357,12 @@ def test_storescu_sends_200_instances_over_one_association(
     assert run.returncode == 0, run.stdout + run.stderr
     assert len(ingest.calls) == 200
     assert {source.calling_ae for _, source, _ in ingest.calls} == {"STORESCU"}
+    # One line per association says what happened, not one per instance.
+    summary = [r.getMessage() for r in caplog.records if "closed:" in r.getMessage()]
+    assert any("200 C-STORE (200 success)" in line for line in summary), summary
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.INFO and "C-STORE from" in r.getMessage()
+    ]
     print(f"storescu: 200 instances in {elapsed:.2f} s = {200 / elapsed:.0f} instances/s")
 
 
