@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -93,8 +94,11 @@ class _Part10Reader(io.RawIOBase):
 def _starts_with(path: Path, file_meta: bytes, dataset_offset: int) -> bool:
     if dataset_offset != len(file_meta):
         return False
-    with path.open("rb") as fh:
-        return fh.read(dataset_offset) == file_meta
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, dataset_offset, 0) == file_meta
+    finally:
+        os.close(fd)
 
 
 def _is_storage_sop_class(uid: str) -> bool:

@@ -150,8 +150,8 @@ def test_a_folder_made_by_another_writer_is_synced_in_its_parent(
     synced: list[Path] = []
     real = fs_blobs._fsync_dir
 
-    def recording(directory: Path) -> None:
-        synced.append(directory)
+    def recording(directory: str) -> None:
+        synced.append(Path(directory))
         real(directory)
 
     monkeypatch.setattr(fs_blobs, "_fsync_dir", recording)
