@@ -46,7 +46,7 @@ def _parse(
 
     async def run() -> list[tuple[Headers, bytes, int]]:
         spool_args = {"max_body_bytes": 1 << 40, **limits}
-        async with MultipartSpool(spool_dir, boundary, feed_bytes=1, **spool_args) as spool:
+        async with MultipartSpool(spool_dir, boundary, **spool_args) as spool:
             return [
                 (part.headers, part.path.read_bytes(), part.size)
                 async for part in spool.parts(_chunks(body, cuts))
