@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -36,10 +37,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         owner_url = os.environ.get(workers.OWNER_URL_ENV) or None
         token = os.environ.get(workers.TOKEN_ENV, "")
         archive = workers.open_worker_archive(settings, owner_url, token)
-        return _serve_front_ends(archive, process="worker", listener=SharedListener.from_env())
+        return _serve_front_ends(
+            archive,
+            process="worker",
+            listener=SharedListener.from_env(),
+            http=SharedListener.from_env(kind="HTTP"),
+        )
     archive = open_archive(settings, roles=settings.roles)
     pool = workers.WorkerPool()
     listener: SharedListener | None = None
+    http: SharedListener | None = None
     state = None
     try:
         extra = workers.worker_count(settings)
@@ -51,8 +58,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 listener = SharedListener.open(
                     settings.dimse_host, settings.dimse_port, processes=extra + 1
                 )
-            pool.spawn(extra, sys.argv[1:], listener, state)
-        return _serve_front_ends(archive, process="owner", listener=listener)
+            http = SharedListener.open(
+                settings.http_host, settings.http_port, processes=extra + 1, kind="HTTP"
+            )
+            shared = [one for one in (listener, http) if one is not None]
+            pool.spawn(extra, sys.argv[1:], shared, state)
+        return _serve_front_ends(archive, process="owner", listener=listener, http=http)
     finally:
         _exit_if_stuck(SHUTDOWN_SECONDS)
         pool.stop()
@@ -84,10 +95,40 @@ class _Server:
     """
 
     @staticmethod
-    def run(config: object, sockets: list[socket.socket]) -> None:
+    def run(
+        config: object, sockets: list[socket.socket], shared: SharedListener | None = None
+    ) -> None:
+        """Serve on `sockets`, or, with `shared`, on connections accepted from
+        the node's shared HTTP socket (api.http_balance)."""
         import uvicorn
 
+        from api.http_balance import BalancedAcceptor
+
         class Quiet(uvicorn.Server):
+            acceptor: BalancedAcceptor | None = None
+
+            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+                await super().startup(sockets=[] if shared is not None else sockets)
+                if shared is None or self.should_exit:
+                    return
+                loop, config = asyncio.get_running_loop(), self.config
+
+                def protocol() -> asyncio.Protocol:
+                    return config.http_protocol_class(  # type: ignore[call-arg]
+                        config=config,
+                        server_state=self.server_state,
+                        app_state=self.lifespan.state,
+                        _loop=loop,
+                    )
+
+                self.acceptor = BalancedAcceptor(shared, loop, protocol)
+                self.acceptor.start()
+
+            async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                if self.acceptor is not None:
+                    await asyncio.to_thread(self.acceptor.stop)
+                await super().shutdown(sockets=sockets)
+
             @contextlib.contextmanager
             def capture_signals(self) -> Iterator[None]:
                 def stop(signum: int, frame: object) -> None:
@@ -106,11 +147,16 @@ class _Server:
 
 
 def _serve_front_ends(
-    archive: Archive, *, process: str, listener: SharedListener | None = None
+    archive: Archive,
+    *,
+    process: str,
+    listener: SharedListener | None = None,
+    http: SharedListener | None = None,
 ) -> int:
-    """DIMSE and DICOMweb on sockets shared with sibling processes: DICOMweb on
-    SO_REUSEPORT sockets, DIMSE on the owner's socket with a load board
-    (`listener`, api.dimse.balance) when the node has workers.
+    """DIMSE and DICOMweb on sockets shared with sibling processes: when the node
+    has workers, on the owner's sockets, each with a load board (`listener` for
+    DIMSE, api.dimse.balance; `http` for DICOMweb, api.http_balance); a process
+    on its own listens on SO_REUSEPORT sockets.
 
     Which services each serves follows the process's roles: DIMSE storage for
     ingest, DIMSE query/retrieve/commitment for api, none for a projector alone.
@@ -123,13 +169,17 @@ def _serve_front_ends(
     dimse = _start_dimse(archive, listener)
     if listener is not None:
         _join_siblings(listener, process)
-    http_socket = reuse_port_socket(settings.http_host, settings.http_port)
+    if http is not None and process == "owner":
+        _join_siblings(http, process)  # the workers' acceptors, before the owner's
+    sockets = (
+        [] if http is not None else [reuse_port_socket(settings.http_host, settings.http_port)]
+    )
     log.info("%s", startup_line(archive, process, dimse is not None))
     try:
         config = uvicorn.Config(
             create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
-        _Server.run(config, [http_socket])
+        _Server.run(config, sockets, http)
     finally:
         if process == "worker":
             _exit_if_stuck(SHUTDOWN_SECONDS / 2)

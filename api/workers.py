@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from api.dimse.balance import SharedListener
@@ -181,21 +181,22 @@ class WorkerPool:
         self,
         count: int,
         argv: list[str],
-        listener: SharedListener | None = None,
+        listeners: Sequence[SharedListener] = (),
         state: OwnerState | None = None,
     ) -> None:
-        """Start `count` workers; with `listener`, each serves DIMSE on its socket
-        (inherited) from its own slot of the load board, the owner's being 0;
-        with `state`, they follow the owner's index writes and checkpoint there."""
+        """Start `count` workers; with `listeners` (DIMSE, HTTP), each serves on
+        those sockets (inherited) from its own slot of their load boards, the
+        owner's being 0; with `state`, they follow the owner's index writes and
+        checkpoint there."""
         env = {**os.environ, WORKER_ENV: "1", OWNER_PID_ENV: str(os.getpid())}
         if self.owner_url:
             env.update({OWNER_URL_ENV: self.owner_url, TOKEN_ENV: self.token})
         if state is not None:
             env.update(state.env())
-        fds = (*(listener.fds if listener else ()), *((state.fd,) if state else ()))
+        fds = (*(fd for one in listeners for fd in one.fds), *((state.fd,) if state else ()))
         for i in range(count):
             command = [sys.executable, "-m", "api.cli", *argv]
-            shared = listener.env_for(i + 1) if listener else {}
+            shared = {k: v for one in listeners for k, v in one.env_for(i + 1).items()}
             self.processes.append(subprocess.Popen(command, env={**env, **shared}, pass_fds=fds))
             log.info("started front-end worker %d (pid %d)", i + 1, self.processes[-1].pid)
 

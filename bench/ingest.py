@@ -19,6 +19,7 @@ import os
 import platform
 import queue
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,42 +155,85 @@ def queryable_after(peer: Peer, timeout: float = 600.0) -> float | None:
     return None
 
 
-def measure(
-    name: str, start: Starter, files: list[Path], run_dir: Path
-) -> dict[str, dict[str, object]]:
-    """Each scenario on a fresh archive in `run_dir`. The archives are kept until
+def measure_once(
+    name: str, start: Starter, scenario: str, files: list[Path], run_dir: Path
+) -> dict[str, object]:
+    """One scenario on a fresh archive in `run_dir`. The archives are kept until
     the whole run ends: on ext4 without a journal (this machine's disk) creating
     a file right after thousands were deleted scans past every recently freed
     inode, which would tax whichever server runs after a deletion (up to 6 % of
     the machine here) rather than measure it."""
-    figures: dict[str, dict[str, object]] = {}
-    for scenario, title in SCENARIOS.items():
-        archive = Path(tempfile.mkdtemp(prefix=f"{name}-{scenario}-", dir=run_dir))
-        with start(archive) as peer:
-            print(f"{peer.name:9}  {title} ...", end=" ", flush=True)
-            seconds = run_scenario(peer, scenario, files)
-            stored = peer.stored_instances()
-            lag_s = queryable_after(peer)
-        rate = len(files) / seconds
-        print(f"{rate:7.1f} instances/s ({seconds:.1f} s, {stored} stored)", flush=True)
-        if stored != len(files):
-            raise RuntimeError(f"{peer.name} kept {stored} of {len(files)} instances")
-        figures[scenario] = {"seconds": seconds, "instances_per_s": rate, "stored": stored}
-        if lag_s is not None:
-            figures[scenario]["queryable_after_s"] = lag_s
-    return figures
+    archive = Path(tempfile.mkdtemp(prefix=f"{name}-{scenario}-", dir=run_dir))
+    with start(archive) as peer:
+        print(f"{peer.name:9}  {SCENARIOS[scenario]} ...", end=" ", flush=True)
+        seconds = run_scenario(peer, scenario, files)
+        stored = peer.stored_instances()
+        lag_s = queryable_after(peer)
+    rate = len(files) / seconds
+    print(f"{rate:7.1f} instances/s ({seconds:.1f} s, {stored} stored)", flush=True)
+    if stored != len(files):
+        raise RuntimeError(f"{peer.name} kept {stored} of {len(files)} instances")
+    figure: dict[str, object] = {"seconds": seconds, "instances_per_s": rate, "stored": stored}
+    if lag_s is not None:
+        figure["queryable_after_s"] = lag_s
+    return figure
+
+
+def measure(
+    starters: dict[str, Starter], files: list[Path], run_dir: Path, rounds: int
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Every scenario `rounds` times, the archives side by side: each round runs
+    both on a scenario before the next one, the first to go alternating, so
+    that a slow spell of this shared machine (CPU steal comes and goes over
+    tens of seconds) falls on both rather than on whichever ran second. Per
+    archive and scenario: the median rate, and every round's figures."""
+    names = list(starters)
+    runs: dict[str, dict[str, list[dict[str, object]]]] = {n: {} for n in names}
+    for number in range(rounds):
+        if rounds > 1:
+            print(f"-- round {number + 1} of {rounds}")
+        for scenario in SCENARIOS:
+            order = names if number % 2 == 0 else names[::-1]
+            for name in order:
+                figure = measure_once(name, starters[name], scenario, files, run_dir)
+                runs[name].setdefault(scenario, []).append(figure)
+    results: dict[str, dict[str, dict[str, object]]] = {}
+    for name in names:
+        results[name] = {}
+        for scenario, figures in runs[name].items():
+            rates = [float(f["instances_per_s"]) for f in figures]  # type: ignore[arg-type]
+            results[name][scenario] = {
+                "instances_per_s": statistics.median(rates),
+                "rounds": figures,
+            }
+    return results
+
+
+def round_ratios(results: dict[str, dict[str, dict[str, object]]], scenario: str) -> list[float]:
+    """Chronicle / Orthanc per round (measured a few seconds apart)."""
+
+    def rates(name: str) -> list[float]:
+        figures = results.get(name, {}).get(scenario, {}).get("rounds", [])
+        assert isinstance(figures, list)
+        return [float(f["instances_per_s"]) for f in figures]
+
+    return [c / o for c, o in zip(rates("chronicle"), rates("orthanc"), strict=False) if o]
 
 
 def table(results: dict[str, dict[str, dict[str, object]]]) -> Iterator[str]:
+    """Median rates; the ratio is the median of the rounds' ratios."""
     measured_orthanc = "orthanc" in results
-    yield f"{'scenario':28} {'Orthanc':>10} {'Chronicle':>10} {'ratio':>7}"
+    median_ratios = ratios(results)
+    yield f"{'scenario (median rate)':28} {'Orthanc':>10} {'Chronicle':>10} {'ratio':>7}"
     for scenario, title in SCENARIOS.items():
         orthanc = _rate(results, "orthanc", scenario) or REFERENCE_ORTHANC[scenario]
         chronicle = _rate(results, "chronicle", scenario)
         ref = "" if measured_orthanc else "*"
-        ratio = f"{chronicle / orthanc:6.2f}x" if chronicle else "      -"
+        ratio = f"{median_ratios[scenario]:6.2f}x" if scenario in median_ratios else "      -"
         shown = f"{chronicle:10.1f}" if chronicle else f"{'-':>10}"
-        yield f"{title:28} {orthanc:9.1f}{ref or ' '} {shown} {ratio}"
+        per_round = round_ratios(results, scenario)
+        spread = f"  rounds {' '.join(f'{r:.2f}' for r in per_round)}" if len(per_round) > 1 else ""
+        yield f"{title:28} {orthanc:9.1f}{ref or ' '} {shown} {ratio}{spread}"
     if not measured_orthanc:
         yield "* Orthanc not run: its reference figure from DESIGN.md"
 
@@ -204,7 +248,10 @@ def ratios(results: dict[str, dict[str, dict[str, object]]]) -> dict[str, float]
     for scenario in SCENARIOS:
         chronicle = _rate(results, "chronicle", scenario)
         orthanc = _rate(results, "orthanc", scenario) or REFERENCE_ORTHANC[scenario]
-        if chronicle:
+        per_round = round_ratios(results, scenario)
+        if per_round:
+            out[scenario] = statistics.median(per_round)
+        elif chronicle:
             out[scenario] = chronicle / orthanc
     return out
 
@@ -234,6 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work-dir", type=Path, help="where the archives keep their files")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="measure every scenario this many times, the archives alternating (default 3)",
+    )
+    parser.add_argument(
         "--min-ratio", type=float, help="exit 2 if a Chronicle/Orthanc ratio is lower"
     )
     args = parser.parse_args(argv)
@@ -244,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         "chronicle": partial(running_chronicle, extra_args=shlex.split(args.chronicle_args)),
     }
     names = [args.only] if args.only else list(PEER_NAMES)
+    chosen = {name: starters[name] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=args.work_dir) as run_dir:
-        results = {name: measure(name, starters[name], files, Path(run_dir)) for name in names}
+        results = measure(chosen, files, Path(run_dir), max(1, args.rounds))
     print()
     print("\n".join(table(results)))
 
@@ -256,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ingest",
         "at": stamp,
         "count": args.count,
+        "rounds": args.rounds,
         "chronicle_args": args.chronicle_args,
         "versions": _versions(),
         "reference_orthanc": REFERENCE_ORTHANC,

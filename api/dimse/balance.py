@@ -30,15 +30,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-#: The inherited listening socket's descriptor, the board's, and this process's slot.
-LISTEN_FD_ENV = "CHRONICLE_DIMSE_LISTEN_FD"
-BOARD_FD_ENV = "CHRONICLE_DIMSE_BOARD_FD"
-SLOT_ENV = "CHRONICLE_DIMSE_SLOT"
-SLOTS_ENV = "CHRONICLE_DIMSE_SLOTS"
 #: How long a busier process leaves a pending connection to a less busy one,
 #: per association it has beyond the sibling's count.
 YIELD_SECONDS = 0.005
 _COUNTER = 4  # bytes per slot: a native int, read and written whole
+
+
+def _env_names(kind: str) -> tuple[str, str, str, str]:
+    """Where a worker finds the inherited socket's and board's descriptors and its
+    slot, per kind of listener ("DIMSE", "HTTP": `api.http_balance`)."""
+    prefix = f"CHRONICLE_{kind}_"
+    return f"{prefix}LISTEN_FD", f"{prefix}BOARD_FD", f"{prefix}SLOT", f"{prefix}SLOTS"
 
 
 class LoadBoard:
@@ -57,7 +59,7 @@ class LoadBoard:
     @classmethod
     def create(cls, slots: int) -> LoadBoard:
         """A zeroed board; the creating process (the owner) takes slot 0."""
-        fd = os.memfd_create("chronicle-dimse-load", 0)
+        fd = os.memfd_create("chronicle-load", 0)
         os.ftruncate(fd, 2 * slots * _COUNTER)
         return cls(fd, slots, 0)
 
@@ -108,35 +110,40 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 
 @dataclass
 class SharedListener:
-    """The node's one DIMSE listening socket and its load board."""
+    """One of the node's listening sockets (DIMSE or HTTP) and its load board."""
 
     sock: socket.socket
     board: LoadBoard
+    kind: str = "DIMSE"
 
     @classmethod
-    def open(cls, host: str, port: int, processes: int) -> SharedListener:
+    def open(cls, host: str, port: int, processes: int, kind: str = "DIMSE") -> SharedListener:
         """The owner's: bound before any worker starts, so port 0 works too.
         SO_REUSEPORT still lets other `chronicle serve` processes join the port."""
-        return cls(reuse_port_socket(host, port), LoadBoard.create(processes))
+        return cls(reuse_port_socket(host, port), LoadBoard.create(processes), kind)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SharedListener | None:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, kind: str = "DIMSE"
+    ) -> SharedListener | None:
         """A worker's, from what the owner passed it; None for a process on its own."""
         env = os.environ if env is None else env
-        if LISTEN_FD_ENV not in env:
+        listen_fd, board_fd, slot, slots = _env_names(kind)
+        if listen_fd not in env:
             return None
-        sock = socket.socket(fileno=int(env[LISTEN_FD_ENV]))
-        board = LoadBoard(int(env[BOARD_FD_ENV]), int(env[SLOTS_ENV]), int(env[SLOT_ENV]))
-        return cls(sock, board)
+        sock = socket.socket(fileno=int(env[listen_fd]))
+        board = LoadBoard(int(env[board_fd]), int(env[slots]), int(env[slot]))
+        return cls(sock, board, kind)
 
     @property
     def fds(self) -> tuple[int, int]:
         return self.sock.fileno(), self.board.fd
 
     def env_for(self, slot: int) -> dict[str, str]:
+        listen_fd, board_fd, slot_name, slots = _env_names(self.kind)
         return {
-            LISTEN_FD_ENV: str(self.sock.fileno()),
-            BOARD_FD_ENV: str(self.board.fd),
-            SLOT_ENV: str(slot),
-            SLOTS_ENV: str(self.board.slots),
+            listen_fd: str(self.sock.fileno()),
+            board_fd: str(self.board.fd),
+            slot_name: str(slot),
+            slots: str(self.board.slots),
         }

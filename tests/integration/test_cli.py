@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -155,6 +158,47 @@ def test_associations_are_spread_evenly_over_the_processes(
     finally:
         for assoc in held:
             assoc.release()
+
+
+def test_dicomweb_connections_are_spread_evenly_over_the_processes(
+    start_chronicle: StartChronicle,
+) -> None:
+    """DICOMweb connections too (api.http_balance): four held keep-alive
+    connections are served two per process."""
+    server = start_chronicle(["--workers", "2"])
+    owner = server.process.pid
+    [worker] = [int(c) for c in Path(f"/proc/{owner}/task/{owner}/children").read_text().split()]
+    held: list[socket.socket] = []
+    try:
+        for _ in range(4):
+            conn = socket.create_connection(("127.0.0.1", server.http_port))
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            held.append(conn)
+            time.sleep(0.1)  # the serving process has counted it before the next
+        ports = {conn.getsockname()[1] for conn in held}
+        served = {pid: len(_peers_of(pid, server.http_port) & ports) for pid in (owner, worker)}
+        assert sorted(served.values()) == [2, 2], served
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def _peers_of(pid: int, port: int) -> set[int]:
+    """Remote ports of the TCP connections `pid` holds on its local `port`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    peers = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], fields[9]
+        if inode in inodes and int(local.split(":")[1], 16) == port:
+            peers.add(int(remote.split(":")[1], 16))
+    return peers
 
 
 def test_workers_stop_when_their_owner_is_killed(start_chronicle: StartChronicle) -> None:
