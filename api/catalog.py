@@ -80,11 +80,18 @@ def list_instances(
     if sop_instance_uid is not None:
         where += " AND sop_instance_uid = {sop:String}"
         params["sop"] = sop_instance_uid
-    # The matching SOP Instance UIDs first, reading only the narrow columns; the
-    # wide ones (metadata, frames) are then read by primary key. With FINAL every
-    # column of every granule the filter selects is read before filtering, and
-    # a study's instances are spread over the table (ordered by SOP Instance UID).
-    matching = f"SELECT sop_instance_uid FROM instance FINAL{where}"
+    # The candidates' SOP Instance UIDs first, by a key range of instance_member
+    # (ordered by study and series; migration 005); the instance table then reads
+    # only those primary keys, and `where` decides on the newest version (a stale
+    # candidate, since moved elsewhere, drops out). With FINAL every column of
+    # every granule a filter selects is read, and a study's instances are spread
+    # over the instance table (ordered by SOP Instance UID).
+    member = " WHERE study_instance_uid = {study:String}"
+    if series_uid is not None:
+        member += " AND series_instance_uid = {series:String}"
+    if sop_instance_uid is not None:
+        member += " AND sop_instance_uid = {sop:String}"
+    matching = f"SELECT sop_instance_uid FROM instance_member{member}"
     sql = f"{_SELECT}{where} AND sop_instance_uid IN ({matching}){_ORDER}"
     return [_row(record) for record in index.query_dicts(sql, params)]
 

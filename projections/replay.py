@@ -30,6 +30,7 @@ TABLES = (
     "study",
     "series",
     "instance",
+    "instance_member",
     "receipt",
     "receipt_by_sop",
     "storage_commitment",

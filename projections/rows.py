@@ -187,6 +187,15 @@ def instance_stored_rows(
     )
     out.add("instance", _instance_row(event, envelope, m, version))
     out.add(
+        "instance_member",
+        {
+            "study_instance_uid": event.study_instance_uid,
+            "series_instance_uid": event.series_instance_uid,
+            "sop_instance_uid": event.sop_instance_uid,
+            "version": version,
+        },
+    )
+    out.add(
         "receipt",
         {
             "partition": record.partition,

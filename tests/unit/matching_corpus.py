@@ -282,6 +282,19 @@ def rows(inst: Inst) -> dict[str, tuple[list[str], list[Any]]]:
         "study": study,
         "series": series,
         "instance": instance,
+        "instance_member": {
+            "study_instance_uid": inst.study,
+            "series_instance_uid": inst.series,
+            "sop_instance_uid": inst.sop,
+        },
+        # What the refresh learns an instance's earlier studies from.
+        "receipt_by_sop": {
+            "sop_instance_uid": inst.sop,
+            "partition": 0,
+            "offset": inst.version,
+            "study_instance_uid": inst.study,
+            "series_instance_uid": inst.series,
+        },
     }
     return {
         name: ([*row, "version"], [*row.values(), inst.version]) for name, row in tables.items()

@@ -19,7 +19,7 @@ def test_rows_are_pure_and_repeatable() -> None:
     first = rows_for(record, decoded, None).tables
     second = rows_for(record, decoded, None).tables
     assert first == second
-    assert set(first) == {"patient", "study", "series", "instance", "receipt"}
+    assert set(first) == {"patient", "study", "series", "instance", "instance_member", "receipt"}
     assert all(row["version"] == 7 for rows in first.values() for row in rows)
     assert first["study"][0]["patient_name"] == "Zeta^Jo"
     assert first["instance"][0]["frames"] == "[[[1000,512]]]"
