@@ -192,6 +192,12 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArchive]:
         hidden = _row(_build(f"{SERIES_A}.9", SERIES_A, 9, EXPLICIT), blobs)
         hidden[-2] = 1  # a rejected instance: never served
         index.insert("instance", [*rows, hidden], _COLUMNS)
+        # What the projector writes beside each instance row (migration 005).
+        index.insert(
+            "instance_member",
+            [[r[3], r[2], r[0], r[-1]] for r in [*rows, hidden]],
+            ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "version"],
+        )
         yield FakeArchive(Settings(data_dir=root), blobs, index)
     finally:
         index.close()
