@@ -66,6 +66,9 @@ def replay(data_dir: Path) -> float:
     return seconds
 
 
+POST_ATTEMPTS = 3
+
+
 def fill_orthanc(
     base_url: str, shape: Shape, start: int, stop: int, budget_s: float
 ) -> dict[str, Any]:
@@ -81,7 +84,18 @@ def fill_orthanc(
             nonlocal posted
             if over.is_set():
                 return
-            response = client.post(f"{base_url}/instances", content=part10(attrs))
+            body = part10(attrs)
+            for attempt in range(POST_ATTEMPTS):
+                try:
+                    response = client.post(f"{base_url}/instances", content=body)
+                    break
+                except httpx.TransportError:
+                    # Orthanc's HTTP server now and then drops a connection
+                    # (it once cost a whole 100k run); storing the same
+                    # instance again is harmless ("AlreadyStored").
+                    if attempt == POST_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.5)
             response.raise_for_status()
             with lock:
                 posted += 1
