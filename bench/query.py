@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api.dimse.tuning import tune_pynetdicom  # noqa: E402
 from bench.peers import CALLING_AE, running_chronicle, running_orthanc  # noqa: E402
-from infra.read_cache import READ_CACHE_ENV  # noqa: E402
 from infra.factory import open_blob_store, open_event_log, open_projection_store  # noqa: E402
+from infra.read_cache import READ_CACHE_ENV  # noqa: E402
 from projections.replay import replay  # noqa: E402
 from schemas import codec  # noqa: E402
 from schemas.events import BlobRef, Envelope, InstanceStored, Source  # noqa: E402
