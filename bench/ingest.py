@@ -158,12 +158,17 @@ def queryable_after(peer: Peer, timeout: float = 600.0) -> float | None:
 def measure_once(
     name: str, start: Starter, scenario: str, files: list[Path], run_dir: Path
 ) -> dict[str, object]:
-    """One scenario on a fresh archive in `run_dir`. The archives are kept until
-    the whole run ends: on ext4 without a journal (this machine's disk) creating
-    a file right after thousands were deleted scans past every recently freed
-    inode, which would tax whichever server runs after a deletion (up to 6 % of
-    the machine here) rather than measure it."""
+    """One scenario on a fresh archive in `run_dir`, with nothing dirty in the
+    page cache when it starts. The archives are kept until the whole run ends:
+    on ext4 without a journal (this machine's disk) creating a file right after
+    thousands were deleted scans past every recently freed inode, which would
+    tax whichever server runs after a deletion (up to 6 % of the machine here)
+    rather than measure it."""
     archive = Path(tempfile.mkdtemp(prefix=f"{name}-{scenario}-", dir=run_dir))
+    # Flush what earlier scenarios left dirty in the page cache (GBs by the
+    # last round): its writeback would otherwise slow this scenario's fsyncs,
+    # the more so for the server that syncs more often.
+    os.sync()
     with start(archive) as peer:
         print(f"{peer.name:9}  {SCENARIOS[scenario]} ...", end=" ", flush=True)
         seconds = run_scenario(peer, scenario, files)
