@@ -202,10 +202,11 @@ def _join_siblings(listener: SharedListener, process: str) -> None:
         return
     missing = listener.board.wait_ready(WORKERS_READY_SECONDS)
     if missing:
-        log.warning("workers %s not listening after %.0f s; serving without them",
-                    missing, WORKERS_READY_SECONDS)  # fmt: skip
+        log.warning("workers %s not listening for %s after %.0f s; serving without them",
+                    missing, listener.kind, WORKERS_READY_SECONDS)  # fmt: skip
     else:
-        log.info("all %d front-end processes listening", listener.board.slots)
+        log.info("all %d front-end processes listening for %s", listener.board.slots,
+                 listener.kind)  # fmt: skip
 
 
 def _serves_dimse(archive: Archive) -> bool:
