@@ -29,6 +29,10 @@ log = logging.getLogger("chronicle.http")
 
 #: How often a waiting acceptor looks whether it should stop.
 _POLL_SECONDS = 0.25
+#: The owner's slot on the board, and how long a worker leaves it a connection
+#: when both hold as many.
+OWNER_SLOT = 0
+TIE_YIELD_SECONDS = 0.001
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -77,6 +81,11 @@ class BalancedAcceptor:
                     # Leave the pending connection to a less busy sibling for a
                     # moment; if it took it, the accept finds nothing.
                     time.sleep(YIELD_SECONDS * excess)
+                elif board.slot != OWNER_SLOT and board.ties_with(OWNER_SLOT):
+                    # On a tie the owner takes it: it reads the index in
+                    # process, a worker through the owner (a QIDO at 100k:
+                    # 19 ms served by the owner, 24 ms by a worker).
+                    time.sleep(TIE_YIELD_SECONDS)
                 conn, _ = sock.accept()  # the socket does not block
             except (BlockingIOError, InterruptedError):
                 continue

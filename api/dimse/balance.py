@@ -90,6 +90,10 @@ class LoadBoard:
         others = [self._counts[i] for i in range(self.slots) if i != self.slot]
         return max(0, mine - min(others)) if others else 0
 
+    def ties_with(self, slot: int) -> bool:
+        """This process holds as many as process `slot`."""
+        return bool(self._counts[self.slot] == self._counts[slot])
+
     def counts(self) -> list[int]:
         return list(self._counts)
 

@@ -71,3 +71,13 @@ def test_a_worker_process_sees_the_owners_socket_and_board() -> None:
 
 def test_without_the_owners_variables_there_is_no_shared_listener() -> None:
     assert SharedListener.from_env({}) is None
+
+
+def test_a_worker_knows_when_it_ties_with_the_owner() -> None:
+    owner = LoadBoard.create(2)
+    worker = LoadBoard(owner.fd, 2, 1)
+    assert worker.ties_with(0)
+    owner.enter()
+    assert not worker.ties_with(0)
+    worker.enter()
+    assert worker.ties_with(0) and owner.ties_with(1)
