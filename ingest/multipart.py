@@ -27,8 +27,6 @@ CRLF = b"\r\n"
 MAX_HEADER_BYTES = 64 * 1024
 #: Transport padding (RFC 2046 LWSP after a delimiter) longer than this is not padding.
 MAX_PADDING_BYTES = 1024
-#: Chunks are gathered to about this size before the parser runs in a worker
-#: thread, so disk writes never block the event loop and thread hops stay few.
 _COPY_BYTES = 1024 * 1024
 _MAX_BOUNDARY = 256
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

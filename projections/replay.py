@@ -72,7 +72,10 @@ def replay(
         if progress:
             progress(n)
 
-    projector.run_until(target, counted)
+    try:
+        projector.run_until(target, counted)
+    finally:
+        projector.stop()  # its insert threads
     stats.rebuild(index, SUFFIX, version=sum(projector.checkpoint().values()))
     index.command(
         f"INSERT INTO checkpoint{SUFFIX} (projector, partition, next_offset, version) "

@@ -242,8 +242,7 @@ class Projector:
         # chDB work with the interpreter lock released, and readers waiting
         # for this batch wait for the slowest rather than for their sum.
         inserts = [(table, newest_per_key(table, r)) for table, r in rows.tables.items()]
-        for done in self._inserter().map(lambda one: self._insert(*one), inserts):
-            del done
+        list(self._inserter().map(lambda one: self._insert(*one), inserts))
         if touched:
             # A study's events sit in one partition; its statistics' version
             # grows with every batch that touches it, under any owner (a new

@@ -90,6 +90,15 @@ class LoadBoard:
         others = [self._counts[i] for i in range(self.slots) if i != self.slot]
         return max(0, mine - min(others)) if others else 0
 
+    def yield_to_siblings(self) -> bool:
+        """Before accepting: leave a pending connection to a less busy sibling for
+        `YIELD_SECONDS` per connection this process holds beyond it (if the
+        sibling took it, the non-blocking accept then finds nothing). True when
+        this process was the busier."""
+        if excess := self.excess():
+            time.sleep(YIELD_SECONDS * excess)
+        return bool(excess)
+
     def ties_with(self, slot: int) -> bool:
         """This process holds as many as process `slot`."""
         return bool(self._counts[self.slot] == self._counts[slot])

@@ -31,7 +31,7 @@ from infra.settings import Settings
 from schemas.events import Source
 
 from .ae import QUERY_MODELS, build_ae, prefer_requestor_order, shared_contexts
-from .balance import YIELD_SECONDS, LoadBoard, SharedListener
+from .balance import LoadBoard, SharedListener
 from .find import FindArchive, FindHandler, negotiate_options
 from .find_encode import install_encoded_identifiers
 from .policy import AssociationPolicy, apply_decision, judge
@@ -152,12 +152,8 @@ class DimseListener(ThreadedAssociationServer):
     board: LoadBoard | None = None
 
     def _handle_request_noblock(self) -> None:
-        board = self.board
-        if board is not None and (excess := board.excess()):
-            # Leave the pending connection to a less busy sibling for a moment;
-            # the listening socket does not block, so if one took it, accept
-            # just finds nothing.
-            time.sleep(YIELD_SECONDS * excess)
+        if self.board is not None:
+            self.board.yield_to_siblings()
         super()._handle_request_noblock()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:

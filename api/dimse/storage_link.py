@@ -47,6 +47,7 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
 )
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import code_to_category
 
 from ingest.parse import (
     CHRONICLE_IMPLEMENTATION_CLASS_UID,
@@ -292,9 +293,9 @@ class _Link:
             path.unlink(missing_ok=True)
         self._sock.sendall(store_response(message, status, comment))
         elapsed = (time.perf_counter() - started) * 1000
-        kind = _status_kind(status)
+        kind = code_to_category(status).lower()
         self._answered[kind] += 1
-        log.log(logging.DEBUG if kind != "failed" else logging.WARNING,
+        log.log(logging.DEBUG if kind in ("success", "warning") else logging.WARNING,
                 "C-STORE from %s: %s 0x%04X in %.1f ms%s", self._accepted.calling_ae,
                 message.sop_instance_uid, status, elapsed,
                 f" ({comment})" if comment else "")  # fmt: skip
@@ -309,14 +310,6 @@ class _Link:
 
     def discard(self) -> None:
         self._reader.discard()
-
-
-def _status_kind(status: int) -> str:
-    if status == 0x0000:
-        return "success"
-    if status in (0x0001, 0x0107, 0x0116) or status >> 12 == 0xB:
-        return "warning"
-    return "failed"
 
 
 def _kernel_timeouts(sock: socket.socket, seconds: float | None) -> None:
