@@ -18,7 +18,7 @@ FrameRanges = list[tuple[int, int]]
 
 _BULK_URI = re.compile(r"^bulkdata/([0-9]{1,15})-([0-9]{1,15})$")
 
-_COLUMNS = (
+INSTANCE_COLUMNS = (
     "study_instance_uid",
     "series_instance_uid",
     "sop_instance_uid",
@@ -35,9 +35,18 @@ _COLUMNS = (
     "instance_number",
 )
 
-# FINAL before WHERE: a later event (rejection, update) replaces the row, and
-# the filter must see the replacement, not an older version.
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM instance FINAL"
+#: What /metadata needs: the URL's UIDs and the stored DICOM JSON. Each column a
+#: statement returns costs chDB time, and a series' rows sit in as many granules
+#: as it has instances (the table is ordered by SOP Instance UID): skipping
+#: frames, blob and checksum columns took a cold 100-instance series from ~55 to
+#: ~40 ms at 150k instances.
+METADATA_COLUMNS = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "metadata",
+    "sidecar_key",
+)
 _ORDER = " ORDER BY series_instance_uid, instance_number, sop_instance_uid"
 
 
@@ -70,8 +79,13 @@ def list_instances(
     study_uid: str,
     series_uid: str | None = None,
     sop_instance_uid: str | None = None,
+    *,
+    columns: tuple[str, ...] = INSTANCE_COLUMNS,
 ) -> list[InstanceRow]:
-    """Live instances of a study (optionally one series / one instance), in a stable order."""
+    """Live instances of a study (optionally one series / one instance), in a stable order.
+
+    `columns` narrows what is read (METADATA_COLUMNS); the rows' other fields
+    are then empty."""
     where = " WHERE hidden = 0 AND study_instance_uid = {study:String}"
     params: dict[str, Any] = {"study": study_uid}
     if series_uid is not None:
@@ -92,26 +106,30 @@ def list_instances(
     if sop_instance_uid is not None:
         member += " AND sop_instance_uid = {sop:String}"
     matching = f"SELECT sop_instance_uid FROM instance_member{member}"
-    sql = f"{_SELECT}{where} AND sop_instance_uid IN ({matching}){_ORDER}"
+    # FINAL before WHERE: a later event (rejection, update) replaces the row, and
+    # the filter must see the replacement, not an older version.
+    select = f"SELECT {', '.join(columns)} FROM instance FINAL"
+    sql = f"{select}{where} AND sop_instance_uid IN ({matching}){_ORDER}"
     return [_row(record) for record in index.query_dicts(sql, params)]
 
 
 def _row(record: dict[str, Any]) -> InstanceRow:
+    get = record.get
     return InstanceRow(
         study_instance_uid=record["study_instance_uid"],
         series_instance_uid=record["series_instance_uid"],
         sop_instance_uid=record["sop_instance_uid"],
-        sop_class_uid=record["sop_class_uid"],
-        transfer_syntax_uid=record["transfer_syntax_uid"],
-        blob_key=record["blob_key"],
-        blob_size=int(record["blob_size"]),
-        dataset_offset=int(record["dataset_offset"]),
-        dataset_sha256=record["dataset_sha256"],
-        frames=parse_frames(record["frames"]),
-        metadata_json=record["metadata"],
-        sidecar_key=record["sidecar_key"],
-        number_of_frames=_optional_int(record["number_of_frames"]),
-        instance_number=_optional_int(record["instance_number"]),
+        sop_class_uid=get("sop_class_uid", ""),
+        transfer_syntax_uid=get("transfer_syntax_uid", ""),
+        blob_key=get("blob_key", ""),
+        blob_size=int(get("blob_size", 0)),
+        dataset_offset=int(get("dataset_offset", 0)),
+        dataset_sha256=get("dataset_sha256", ""),
+        frames=parse_frames(get("frames", "")),
+        metadata_json=get("metadata", ""),
+        sidecar_key=get("sidecar_key", ""),
+        number_of_frames=_optional_int(get("number_of_frames")),
+        instance_number=_optional_int(get("instance_number")),
     )
 
 

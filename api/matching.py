@@ -42,6 +42,7 @@ from api.query_sql import (
     page_sql,
     search_sql,
     source_alias,
+    unpack_answer,
 )
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
@@ -264,10 +265,15 @@ def _weigh(rows: list[dict[str, Any]]) -> int:
 
 
 def _search_page(index: ProjectionStore, query: Query) -> Page:
-    sql, params = search_sql(query, all_live=_all_live(index))
+    # Study searches check liveness in their own statement; the other levels
+    # skip their live-instance semi-join while no entity is left empty.
+    all_live = query.level in (Level.PATIENT, Level.SERIES) and _all_live(index)
+    sql, params = search_sql(query, all_live=all_live)
     rows = index.query_dicts(sql, params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
+    for row in rows:
+        unpack_answer(row)
     columns, tags = return_keys(query)
     getters = [(_TAG[k], _getter(k, query)) for k in columns]
     with_metadata = bool(tags) or query.include_all
@@ -310,8 +316,8 @@ def _page_extra(
     Instances whose metadata went to a sidecar blob have '' here and so add
     nothing: the query engine reads the projection store only.
     """
-    if query.level is Level.IMAGE and not with_metadata:
-        return {}
+    if query.level in (Level.STUDY, Level.IMAGE) and not with_metadata:
+        return {}  # a study row carries its aggregates already (query_sql._study_search_sql)
     first = sorted({_row_key(query.level, row)[0] for row in rows})
     sql, params = page_sql(query.level, first, metadata=with_metadata)
     width = len(KEYS[query.level])

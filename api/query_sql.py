@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
 
 from api.query_model import (
     ATTRS,
@@ -32,6 +35,7 @@ from api.query_model import (
     uid_list,
 )
 from infra.errors import Invalid
+from projections.stats import ANSWER_ATTRIBUTES
 from schemas.names import fold
 
 # ---------------------------------------------------------------- value rules in SQL
@@ -146,19 +150,15 @@ def _per_group(col: str, name: str, group_cond: Callable[[str, str], str]) -> st
     return "(" + " AND ".join(conds or ["1"]) + ")"
 
 
-def _any_of(attr: Attr, value: str, params: Params, scope: list[str]) -> str | None:
-    """'Any of the study's live instances has one of these values', read from the
-    study's statistics (projections.stats): its sorted array of them."""
+def _any_of(attr: Attr, value: str, params: Params) -> str | None:
+    """'Any of the study's live instances has one of these values', on the
+    study's statistics row (projections.stats): its sorted array of them."""
     array = attr.column  # study_stats.modalities / study_stats.sop_classes
     if attr.kind is Kind.UID_ANY_OF:
         uids = uid_list(attr.keyword, value, commas=True)
-        cond: str | None = f"hasAny({array}, {params.add(uids, 'Array(String)')})"
-    else:
-        found = _text("x", value.replace(",", "\\"), params)
-        cond = f"arrayExists(x -> {found}, {array})" if found else None
-    if cond is None:
-        return None
-    return f"study_instance_uid IN ({_live(Level.STUDY, [*scope, cond])})"
+        return f"hasAny({array}, {params.add(uids, 'Array(String)')})"
+    found = _text("x", value.replace(",", "\\"), params)
+    return f"arrayExists(x -> {found}, {array})" if found else None
 
 
 def _live(level: Level, conds: list[str]) -> str:
@@ -195,7 +195,10 @@ def condition(query: Query, match: Match, params: Params) -> tuple[str, str] | N
     attr = ATTRS[match.keyword]
     alias = source_alias(attr.level, query.level)
     if attr.aggregate:
-        cond = _any_of(attr, match.value, params, _study_scope(query, params))
+        cond = _any_of(attr, match.value, params)
+        if cond and query.level is not Level.STUDY:  # a study search reads study_stats itself
+            live = _live(Level.STUDY, [*_study_scope(query, params), cond])
+            cond = f"study_instance_uid IN ({live})"
         return (alias, cond) if cond else None
     col, kind, value = attr.column, attr.kind, match.value
     cond = None
@@ -343,13 +346,14 @@ def search_sql(query: Query, *, all_live: bool = False) -> tuple[str, dict[str, 
     """Phase 1, the page: the level's rows (joined with the levels above) that match
     and have a live instance, in the documented order. Asks for limit + 1 rows so
     the caller knows whether more follow. `all_live` (EMPTY_ENTITIES_SQL found
-    none) drops the live-instance semi-join: every stored entity has one."""
+    none) drops the live-instance semi-join: every stored entity has one. A
+    study search is this one statement whole: its rows carry their aggregates."""
     params = Params()
     conds = conditions(query, params)
+    if query.level is Level.STUDY:
+        return _study_search_sql(query, conds, params), params.values
     sources = _SOURCES[query.level]
-    # A study matched through ModalitiesInStudy or SOPClassesInStudy is live already.
-    implied = query.level is Level.STUDY and any(ATTRS[m.keyword].aggregate for m in query.matches)
-    if query.level is not Level.IMAGE and not implied and not all_live:
+    if query.level is not Level.IMAGE and not all_live:
         keys = ", ".join(KEYS[query.level])
         conds[sources[0]].append(f"({keys}) IN ({_live(query.level, conds['inst'])})")
     selects: list[str] = []
@@ -367,6 +371,31 @@ def search_sql(query: Query, *, all_live: bool = False) -> tuple[str, dict[str, 
         f"ORDER BY {ORDER[query.level]} LIMIT {limit} OFFSET {offset}"
     )
     return sql, params.values
+
+
+def _study_search_sql(query: Query, conds: dict[str, list[str]], params: Params) -> str:
+    """A study search in one statement over study_stats, which carries each study's
+    attributes beside its statistics (migration 006): the match, liveness
+    (n_instances > 0) and the aggregates a study answer returns, together."""
+    selects = ["st.answer AS st__answer"]  # the attributes, packed: see unpack_answer
+    selects += [f"st.{c} AS a__{c}" for c in AGGREGATES[Level.STUDY]]
+    where = _where(["n_instances > 0", *conds["st"]])
+    limit = params.add(query.limit + 1, "UInt64")
+    offset = params.add(query.offset, "UInt64")
+    return (
+        f"SELECT {', '.join(selects)} FROM study_stats AS st FINAL WHERE {where} "
+        f"ORDER BY {ORDER[Level.STUDY]} LIMIT {limit} OFFSET {offset}"
+    )
+
+
+def unpack_answer(row: dict[str, Any]) -> None:
+    """A study search row's packed attributes (study_stats.answer) as st__ columns."""
+    packed = row.pop("st__answer", None)
+    if packed is not None:
+        row.update(zip(_ANSWER_KEYS, orjson.loads(packed), strict=True))
+
+
+_ANSWER_KEYS = [f"st__{c}" for c in ANSWER_ATTRIBUTES]
 
 
 def page_sql(

@@ -28,7 +28,13 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from api import frames, pixels, transcode
-from api.catalog import InstanceRow, bulk_ranges, load_metadata, metadata_bytes
+from api.catalog import (
+    METADATA_COLUMNS,
+    InstanceRow,
+    bulk_ranges,
+    load_metadata,
+    metadata_bytes,
+)
 from api.deps import ArchiveDep
 from api.negotiation import MediaRange, Refusal, byte_range, parse_accept, related_type
 from api.pixel_spec import PixelSpec
@@ -255,7 +261,7 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        rows, headers = find_rows(archive, study, series, instance)
+        rows, headers = find_rows(archive, study, series, instance, columns=METADATA_COLUMNS)
         chosen = metadata_format(parse_accept(request.headers.get("accept")))
         base = base_url(archive, request)
         documents = [

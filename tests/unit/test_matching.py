@@ -20,11 +20,12 @@ from starlette.datastructures import QueryParams
 
 from api.matching import parse_qido, query_from_identifier, search, search_page
 from api.query_model import MAX_LIMIT, Level, Match, date_range, time_range
-from api.query_sql import Params, _pn, like_pattern
+from api.query_sql import _COLUMNS, Params, _pn, like_pattern
 from api.query_sql import search_sql as build_search_sql
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 from projections.rows import normalise_name
+from projections.stats import ANSWER_ATTRIBUTES
 from schemas.names import fold
 from tests.unit.matching_corpus import CT, S1, S2, S3, S4, S6, S7, S8, SR, open_corpus_store
 
@@ -175,6 +176,32 @@ def test_values_never_enter_the_sql_text() -> None:
     hostile = "x' OR 1=1 --"
     sql, params = build_search_sql(parse_qido(Level.STUDY, [("AccessionNumber", hostile)]))
     assert hostile not in sql and hostile in params.values()
+
+
+def test_a_study_answer_packs_every_attribute_it_returns() -> None:
+    assert set(_COLUMNS["st"][1]) <= set(ANSWER_ATTRIBUTES)
+
+
+class _Counting:
+    """The store, counting statements (and without the read cache's memo)."""
+
+    def __init__(self, store: ProjectionStore) -> None:
+        self.store, self.statements = store, 0
+
+    def query_dicts(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        self.statements += 1
+        return self.store.query_dicts(sql, params)
+
+
+def test_a_study_search_is_one_statement(store: ProjectionStore) -> None:
+    counting = _Counting(store)
+    query = parse_qido(Level.STUDY, [("ModalitiesInStudy", "CT"), ("PatientName", "*")])
+    page = search_page(counting, query)  # type: ignore[arg-type]
+    assert page.results and counting.statements == 1
+    assert page.results == search(store, query)
+    # includefield needs the representative's stored metadata: a second statement.
+    search_page(counting, parse_qido(Level.STUDY, [("includefield", "00101010")]))  # type: ignore[arg-type]
+    assert counting.statements == 3
 
 
 # ------------------------------------------------------------------ properties

@@ -53,9 +53,16 @@ def test_refresh_agrees_with_rebuild(store: ProjectionStore, rows: list[tuple[An
     # Each row a newer version (log order), as the projector writes them.
     versioned = [[*row, version] for version, row in enumerate(rows, start=1)]
     for suffix in (REFRESHED, REBUILT):
-        for table in ("instance", "instance_member", "study_stats", "series_stats"):
+        for table in ("instance", "instance_member", "study", "study_stats", "series_stats"):
             store.command(f"TRUNCATE TABLE {table}{suffix}")
         store.insert(f"instance{suffix}", versioned, _COLUMNS)
+        # Each event also writes its study's attributes: the newest must be copied,
+        # and packed into `answer` as the same text ('/' and non-ASCII included).
+        store.insert(
+            f"study{suffix}",
+            [[r[0], f"NÄME/{r[6]}^Ü", f"A{r[6]}", r[6]] for r in versioned],
+            ["study_instance_uid", "patient_name", "accession_number", "version"],
+        )
         store.insert(
             f"instance_member{suffix}",
             [[r[0], r[1], r[2], r[6]] for r in versioned],
