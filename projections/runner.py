@@ -149,6 +149,9 @@ class Projector:
             )
         return self._pool
 
+    def _side_by_side(self, *calls: Callable[[], None]) -> None:
+        list(self._inserter().map(lambda call: call(), calls))
+
     # -- position -----------------------------------------------------------
 
     def checkpoint(self) -> dict[int, int]:
@@ -237,18 +240,31 @@ class Projector:
         for record in records:
             self._project(record, rows)
             advanced[record.partition] = record.offset + 1
-        touched = self._touched_studies(rows)
+        touched, fresh = self._touched_studies(rows, records)
         # One insert per table, side by side: each is a few milliseconds of
         # chDB work with the interpreter lock released, and readers waiting
         # for this batch wait for the slowest rather than for their sum.
         inserts = [(table, newest_per_key(table, r)) for table, r in rows.tables.items()]
-        list(self._inserter().map(lambda one: self._insert(*one), inserts))
+        pool = self._inserter()
+        # A study's events sit in one partition; its statistics' version grows
+        # with every batch that touches it, under any owner (a new owner's
+        # position includes the old owner's last checkpoint).
+        version = sum({**start, **advanced}.values())
+        planned = None
+        if touched and fresh:  # reads rows the inserts do not write: side by side
+            instances, studies = rows.tables["instance"], rows.tables.get("study", [])
+            args = (self._index, self._suffix, instances, studies, version)
+            planned = pool.submit(stats.fresh_rows, *args)
+        list(pool.map(lambda one: self._insert(*one), inserts))
         if touched:
-            # A study's events sit in one partition; its statistics' version
-            # grows with every batch that touches it, under any owner (a new
-            # owner's position includes the old owner's last checkpoint).
-            after = {**start, **advanced}
-            stats.refresh(self._index, self._suffix, touched, version=sum(after.values()))
+            # Written only once every row is in: a batch that failed part-way is
+            # projected again, and must then find its SOP Instance UIDs in
+            # receipt_by_sop (a full refresh) or no statistics of its own.
+            found = planned.result() if planned is not None else None
+            if found is None:
+                stats.refresh(self._index, self._suffix, touched, version, self._side_by_side)
+            else:
+                stats.write(self._index, self._suffix, *found, self._side_by_side)
         self._insert(
             "checkpoint",
             [
@@ -263,17 +279,27 @@ class Projector:
             self._cond.notify_all()
         return len(records)
 
-    def _touched_studies(self, rows: Rows) -> set[str]:
+    def _touched_studies(self, rows: Rows, records: list[LogRecord]) -> tuple[set[str], bool]:
         """Studies whose statistics this batch changes: those its instances are in
-        now and, for a newer version naming another study, the one it leaves."""
+        now and, for a newer version naming another study, the one it leaves.
+
+        And whether the batch is fresh, i.e. only adds: every instance a first
+        version (no earlier study, none twice), live, from a log of one
+        partition (versions then order every event). Fresh statistics are
+        computed from the current rows plus the batch (stats.add_fresh)."""
         instances = rows.tables.get("instance", [])
         if not self._stats or not instances:
-            return set()
+            return set(), False
         now = {str(row["study_instance_uid"]) for row in instances}
-        before = stats.studies_of(
-            self._index, self._suffix, (str(row["sop_instance_uid"]) for row in instances)
+        sops = [str(row["sop_instance_uid"]) for row in instances]
+        before = stats.studies_of(self._index, self._suffix, sops)
+        fresh = (
+            not before
+            and len(set(sops)) == len(sops)
+            and not any(row["hidden"] for row in instances)
+            and {record.partition for record in records} | set(self._position) <= {0}
         )
-        return now | before
+        return now | before, fresh
 
     def run_until(self, target: Position, progress: Callable[[int], None] | None = None) -> None:
         """Project until the checkpoint covers `target` (replay, tests)."""

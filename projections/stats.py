@@ -13,7 +13,7 @@ Replay skips the per-batch work and rebuilds both tables once at the end.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -86,7 +86,13 @@ def studies_of(index: ProjectionStore, suffix: str, sop_instance_uids: Iterable[
     return {str(row[0]) for row in rows}
 
 
-def refresh(index: ProjectionStore, suffix: str, studies: Iterable[str], version: int) -> None:
+def refresh(
+    index: ProjectionStore,
+    suffix: str,
+    studies: Iterable[str],
+    version: int,
+    run: Callable[[Callable[[], None], Callable[[], None]], None] | None = None,
+) -> None:
     """Recompute the statistics of `studies` and of every series they hold."""
     wanted = sorted(set(studies))
     if not wanted:
@@ -107,9 +113,7 @@ def refresh(index: ProjectionStore, suffix: str, studies: Iterable[str], version
     }
     blank = [""] * len(STUDY_ATTRIBUTES)
     for row in study_rows:
-        values = attributes.get(str(row[0]), blank)
-        answer = [str(row[0]), *(str(values[i]) for i in _PACKED)]
-        row += [*values, orjson.dumps(answer).decode()]
+        row += _with_answer(str(row[0]), attributes.get(str(row[0]), blank))
     kept = {str(row[0]) for row in series_rows}
     known = index.query(
         f"SELECT series_instance_uid, study_instance_uid FROM series_stats{suffix} FINAL"
@@ -119,9 +123,7 @@ def refresh(index: ProjectionStore, suffix: str, studies: Iterable[str], version
     for series, study in known:
         if str(series) not in kept:
             series_rows.append([series, study, 0, "", version])
-    index.insert(f"study_stats{suffix}", study_rows, STUDY_COLUMNS)
-    if series_rows:
-        index.insert(f"series_stats{suffix}", series_rows, SERIES_COLUMNS)
+    write(index, suffix, study_rows, series_rows, run)
 
 
 def aggregate(
@@ -183,3 +185,142 @@ def rebuild(index: ProjectionStore, suffix: str, version: int) -> None:
         f"INSERT INTO series_stats{suffix} ({', '.join(SERIES_COLUMNS)}) "
         f"SELECT *, {int(version)} FROM ({_SERIES.format(s=suffix)})"
     )
+
+
+def add_fresh(
+    index: ProjectionStore,
+    suffix: str,
+    instances: Sequence[Mapping[str, Any]],
+    studies: Sequence[Mapping[str, Any]],
+    version: int,
+) -> bool:
+    """`fresh_rows` then `write`: False (nothing written) when declined."""
+    found = fresh_rows(index, suffix, instances, studies, version)
+    if found is not None:
+        write(index, suffix, *found)
+    return found is not None
+
+
+def write(
+    index: ProjectionStore,
+    suffix: str,
+    study_rows: list[list[Any]],
+    series_rows: list[list[Any]],
+    run: Callable[[Callable[[], None], Callable[[], None]], None] | None = None,
+) -> None:
+    """Insert statistics rows; `run` may run the two inserts side by side."""
+
+    def studies() -> None:
+        index.insert(f"study_stats{suffix}", study_rows, STUDY_COLUMNS)
+
+    def series() -> None:
+        if series_rows:
+            index.insert(f"series_stats{suffix}", series_rows, SERIES_COLUMNS)
+
+    if run is None:
+        studies()
+        series()
+    else:
+        run(studies, series)
+
+
+def fresh_rows(
+    index: ProjectionStore,
+    suffix: str,
+    instances: Sequence[Mapping[str, Any]],
+    studies: Sequence[Mapping[str, Any]],
+    version: int,
+) -> tuple[list[list[Any]], list[list[Any]]] | None:
+    """The statistics of a batch whose instances are all first versions and live,
+    from the touched studies' and series' current rows plus the batch: no read
+    of the instance table (what `refresh` spends most of a batch on). Reads
+    only rows the batch does not write, so it may run beside the batch's inserts.
+
+    The caller guarantees the SOP Instance UIDs are new (none in receipt_by_sop,
+    none twice in the batch) and newer than every stored version of their study
+    (one partition). None when the batch is not that simple (a series known
+    under another study, a study without its row in the batch): then `refresh`.
+    """
+    parent: dict[str, str] = {}
+    for row in instances:
+        study, series = str(row["study_instance_uid"]), str(row["series_instance_uid"])
+        if parent.setdefault(series, study) != study:
+            return None
+    attributes = _newest_attributes(studies)
+    if not set(parent.values()) <= set(attributes):
+        return None
+    known = _known_series(index, suffix, sorted(parent))
+    if any(known.get(series, (study, 0))[0] != study for series, study in parent.items()):
+        return None
+    old_studies = _study_rows(index, suffix, sorted(attributes))
+    live = ((r["study_instance_uid"], r["series_instance_uid"], r["sop_instance_uid"],
+             r["modality"], r["sop_class_uid"], r["version"]) for r in instances)  # fmt: skip
+    added_studies, added_series = aggregate(live, version)
+    study_rows = []
+    for uid, _, count, modalities, sop_classes, best, _ in added_studies:
+        old = old_studies.get(uid)
+        new_series = sum(1 for s, p in parent.items() if p == uid and known.get(s, ("", 0))[1] == 0)
+        if old is not None and old["n_instances"] > 0:
+            count += old["n_instances"]
+            new_series += old["n_series"]
+            modalities = sorted(set(old["modalities"]) | set(modalities))
+            sop_classes = sorted(set(old["sop_classes"]) | set(sop_classes))
+        study_rows.append(
+            [
+                uid,
+                new_series,
+                count,
+                modalities,
+                sop_classes,
+                best,
+                version,
+                *_with_answer(uid, attributes[uid]),
+            ]  # fmt: skip
+        )
+    series_rows = []
+    for uid, study, count, best, _ in added_series:
+        series_rows.append([uid, study, count + known.get(uid, ("", 0))[1], best, version])
+    return study_rows, series_rows
+
+
+def _newest_attributes(studies: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per study, STUDY_ATTRIBUTES from its newest row in the batch."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for row in studies:
+        uid = str(row["study_instance_uid"])
+        kept = newest.get(uid)
+        if kept is None or row["version"] >= kept["version"]:
+            newest[uid] = row
+    return {uid: [row[c] for c in STUDY_ATTRIBUTES] for uid, row in newest.items()}
+
+
+def _known_series(
+    index: ProjectionStore, suffix: str, series: list[str]
+) -> dict[str, tuple[str, int]]:
+    """Series with a live instance: their (study, number of live instances)."""
+    rows = index.query(
+        f"SELECT series_instance_uid, study_instance_uid, n_instances FROM series_stats{suffix}"
+        " FINAL WHERE series_instance_uid IN {series:Array(String)} AND n_instances > 0",
+        {"series": series},
+    )
+    return {str(uid): (str(study), int(n)) for uid, study, n in rows}
+
+
+def _study_rows(
+    index: ProjectionStore, suffix: str, studies: list[str]
+) -> dict[str, dict[str, Any]]:
+    rows = index.query(
+        f"SELECT study_instance_uid, n_series, n_instances, modalities, sop_classes"
+        f" FROM study_stats{suffix} FINAL WHERE study_instance_uid IN {{studies:Array(String)}}",
+        {"studies": studies},
+    )
+    return {
+        str(uid): {"n_series": int(ns), "n_instances": int(n), "modalities": m, "sop_classes": c}
+        for uid, ns, n, m, c in rows
+    }
+
+
+def _with_answer(uid: str, values: list[Any]) -> list[Any]:
+    """STUDY_ATTRIBUTES' values and the packed answer, as the row's last columns."""
+    answer = [uid, *(str(values[i]) for i in _PACKED)]
+    return [*values, orjson.dumps(answer).decode()]
