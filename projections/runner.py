@@ -235,11 +235,23 @@ class Projector:
             records = self._read_partitions(start, owned, self._batch)
         if not records:
             return 0
+        rows, advanced = self.rows_of(records)
+        self.write(records, rows, start, advanced)
+        return len(records)
+
+    def rows_of(self, records: list[LogRecord]) -> tuple[Rows, dict[int, int]]:
+        """The batch's rows, and the next offset per partition it covers."""
         rows = Rows()
         advanced: dict[int, int] = {}
         for record in records:
             self._project(record, rows)
             advanced[record.partition] = record.offset + 1
+        return rows, advanced
+
+    def write(
+        self, records: list[LogRecord], rows: Rows, start: Position, advanced: dict[int, int]
+    ) -> None:
+        """Insert a batch's rows (and statistics), then its checkpoint."""
         touched, fresh = self._touched_studies(rows, records)
         # One insert per table, side by side: each is a few milliseconds of
         # chDB work with the interpreter lock released, and readers waiting
@@ -277,7 +289,6 @@ class Projector:
                 self._position[p] = max(o, self._position.get(p, 0))
             self._publish()
             self._cond.notify_all()
-        return len(records)
 
     def _touched_studies(self, rows: Rows, records: list[LogRecord]) -> tuple[set[str], bool]:
         """Studies whose statistics this batch changes: those its instances are in
