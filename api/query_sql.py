@@ -377,7 +377,9 @@ def _study_search_sql(query: Query, conds: dict[str, list[str]], params: Params)
     """A study search in one statement over study_stats, which carries each study's
     attributes beside its statistics (migration 006): the match, liveness
     (n_instances > 0) and the aggregates a study answer returns, together."""
-    selects = ["st.answer AS st__answer"]  # the attributes, packed: see unpack_answer
+    # The attributes, packed (see unpack_answer), and the row's version (answers
+    # are kept per version: api.matching._study_answers).
+    selects = ["st.answer AS st__answer", "st.version AS st__version"]
     selects += [f"st.{c} AS a__{c}" for c in AGGREGATES[Level.STUDY]]
     where = _where(["n_instances > 0", *conds["st"]])
     limit = params.add(query.limit + 1, "UInt64")

@@ -204,6 +204,27 @@ def test_a_study_search_is_one_statement(store: ProjectionStore) -> None:
     assert counting.statements == 3
 
 
+def test_a_kept_study_answer_gives_way_to_a_newer_statistics_row(store: ProjectionStore) -> None:
+    query = parse_qido(Level.STUDY, [("StudyInstanceUID", S1)])
+    (before,) = search(store, query)
+    old = before["00080050"]["Value"][0]
+    before["0020000D"] = {}  # a caller's change to its answer stays its own
+    assert search(store, query)[0]["0020000D"] == {"vr": "UI", "Value": [S1]}
+    rewrite = (
+        "INSERT INTO study_stats SELECT * REPLACE (version + {step:UInt64} AS version,"
+        " {new:String} AS accession_number, replaceOne(answer, {old:String}, {new:String})"
+        " AS answer) FROM study_stats FINAL WHERE study_instance_uid = {uid:String}"
+    )
+    store.command(rewrite, {"step": 1, "old": old, "new": "NEW-ACC", "uid": S1})
+    try:
+        (after,) = search(store, query)
+        assert after["00080050"] == {"vr": "SH", "Value": ["NEW-ACC"]}
+        assert after["0020000D"] == {"vr": "UI", "Value": [S1]}
+    finally:  # the module's other tests see S1 as it was
+        store.command(rewrite, {"step": 1, "old": "NEW-ACC", "new": old, "uid": S1})
+    assert search(store, query)[0]["00080050"] == {"vr": "SH", "Value": [old]}
+
+
 # ------------------------------------------------------------------ properties
 
 
