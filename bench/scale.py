@@ -88,6 +88,7 @@ def serving_chronicle(folder: Path, extra_args: list[str]) -> Iterator[Archive]:
         folder / "data",
         extra_args=extra_args,
         remote_aes=[f"{CALLING_AE}@127.0.0.1:{free_port()}"],
+        workers=None,  # the embedded defaults: one front-end process per core
     )
     try:
         peer = Peer(
