@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -111,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # pynetdicom logs several lines per request at INFO: ~5-10% of C-STORE time.
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    _fewer_malloc_arenas()
     try:
         settings = settings_from(args)
     except ValueError as exc:
@@ -125,6 +128,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _fewer_malloc_arenas() -> None:
+    """glibc gives each thread that allocates concurrently its own heap arena (up
+    to 8 per core), and freed memory stays spread over them: with a dozen
+    threads (associations, projector, inserts, web) two arenas held a 1M-instance
+    soak's resident memory ~25-40 MiB lower at the same throughput. The usual
+    MALLOC_ARENA_MAX=2, set from inside: an environment variable would have to
+    be set before the interpreter starts. Not glibc: nothing to do."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return  # the operator's choice
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_ARENA_MAX = -8  # malloc.h
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ module reads requests and renders what each answer contains.
 from __future__ import annotations
 
 import re
+import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -312,30 +314,38 @@ def _study_answers(
     results = []
     for row in rows:
         key = (shape, row["st__study_instance_uid"], row["st__version"])
-        obj = kept.get(key)
+        with _RENDERED_LOCK:
+            obj = kept.get(key)
+            if obj is not None:
+                kept.move_to_end(key)
         if obj is None:
             obj = dict(sorted((tag, get(row)) for tag, get in getters))
-            if len(kept) >= RENDERED_MAX:
-                kept.clear()  # a crude bound; refilled by the next searches
-            kept[key] = obj
+            with _RENDERED_LOCK:
+                kept[key] = obj
+                if len(kept) > RENDERED_MAX:
+                    kept.popitem(last=False)
         results.append(dict(obj))
     return results
 
 
-def _rendered(index: ProjectionStore) -> dict[tuple[Any, ...], dict[str, Any]]:
+Rendered = OrderedDict[tuple[Any, ...], dict[str, Any]]
+
+
+def _rendered(index: ProjectionStore) -> Rendered:
     """The store's kept answers (a fresh dict, kept nowhere, for an unhashable store)."""
     try:
-        return _RENDERED.setdefault(index, {})
+        return _RENDERED.setdefault(index, OrderedDict())
     except TypeError:
-        return {}
+        return OrderedDict()
 
 
-#: Per store: rendered study answers by (return keys, DIMSE?, Study Instance UID,
-#: version of its statistics row).
-_RENDERED: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], dict[str, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-RENDERED_MAX = 100_000
+#: Per store, least recently used first: rendered study answers by (return
+#: keys, DIMSE?, Study Instance UID, version of its statistics row). An answer
+#: is ~5-7 KB as Python objects: 10,000 (every study of a 1M-instance archive)
+#: hold ~60 MiB.
+_RENDERED: weakref.WeakKeyDictionary[Any, Rendered] = weakref.WeakKeyDictionary()
+RENDERED_MAX = 10_000
+_RENDERED_LOCK = threading.Lock()
 
 
 def _all_live(index: ProjectionStore) -> bool:
