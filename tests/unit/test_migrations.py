@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from infra.clickhouse import ClickHouseStore
 from infra.errors import Invalid
 from infra.migrations import available, migrate, split_statements
+from projections import stats
 
 
 class RecordingStore:
@@ -148,5 +149,41 @@ def test_migrate_on_chdb_is_idempotent_and_builds_fresh_tables(tmp_path: Path) -
         assert store.query(
             "SELECT version, name FROM schema_migrations FINAL ORDER BY version"
         ) == [(m.version, m.name) for m in available()]
+    finally:
+        store.close()
+
+
+def test_an_older_index_gets_its_study_answers_filled_in(
+    tmp_path: Path, ddl_package: tuple[str, Path]
+) -> None:
+    """Migration 006 on an index made before it: every statistics row gains its
+    study's attributes and packed answer, the text the projector would write."""
+    name, folder = ddl_package
+    shipped = {m.version: m for m in available()}
+    for version in range(1, 6):
+        (folder / f"{shipped[version].name}.sql").write_text(shipped[version].sql)
+    store = ClickHouseStore(f"chdb://{tmp_path / 'index'}")
+    try:
+        migrate(store, package=name)
+        store.insert(
+            "study",
+            [["1.2.3", "P/1", "Ärzte^Anna", "20240102", "A-7", 5]],
+            ["study_instance_uid", "patient_id", "patient_name", "study_date",
+             "accession_number", "version"],
+        )  # fmt: skip
+        store.insert(
+            "study_stats",
+            [["1.2.3", 1, 2, ["CT"], ["1.2"], "9.9", 5]],
+            ["study_instance_uid", "n_series", "n_instances", "modalities", "sop_classes",
+             "representative", "version"],
+        )  # fmt: skip
+        (folder / f"{shipped[6].name}.sql").write_text(shipped[6].sql)
+        assert migrate(store, package=name) == [shipped[6].name]
+        (row,) = store.query_dicts("SELECT * FROM study_stats FINAL")
+        assert (row["n_instances"], row["accession_number"], row["patient_name"]) == (
+            2, "A-7", "Ärzte^Anna",
+        )  # fmt: skip
+        values = {c: row[c] for c in stats.STUDY_ATTRIBUTES}
+        assert row["answer"] == stats._with_answer("1.2.3", list(values.values()))[-1]
     finally:
         store.close()
