@@ -275,14 +275,14 @@ def _search_page(index: ProjectionStore, query: Query) -> Page:
     rows = index.query_dicts(sql, params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    for row in rows:
-        unpack_answer(row)
     columns, tags = return_keys(query)
     getters = [(_TAG[k], _getter(k, query)) for k in columns]
     with_metadata = bool(tags) or query.include_all
-    extra = _page_extra(index, query, rows, with_metadata) if rows else {}
     if query.level is Level.STUDY and not with_metadata:
         return Page(_study_answers(index, rows, columns, getters, query.dimse), more)
+    for row in rows:
+        unpack_answer(row)
+    extra = _page_extra(index, query, rows, with_metadata) if rows else {}
     results = []
     for row in rows:
         found = extra.get(_row_key(query.level, row), {})
@@ -308,17 +308,20 @@ def _study_answers(
     lock every search thread shares: at a million instances a name or date
     search matches hundreds of studies. A study's row (attributes and
     aggregates) changes only with a new statistics version, so its answer for
-    the same return keys is kept (each caller gets its own top-level dict)."""
+    the same return keys is kept (each caller gets its own top-level dict). The
+    packed attributes (which begin with the Study Instance UID) key it, so a kept
+    answer is found without unpacking them."""
     shape = (tuple(columns), dimse)
     kept = _rendered(index)
     results = []
     for row in rows:
-        key = (shape, row["st__study_instance_uid"], row["st__version"])
+        key = (shape, row["st__answer"], row["st__version"])
         with _RENDERED_LOCK:
             obj = kept.get(key)
             if obj is not None:
                 kept.move_to_end(key)
         if obj is None:
+            unpack_answer(row)
             obj = dict(sorted((tag, get(row)) for tag, get in getters))
             with _RENDERED_LOCK:
                 kept[key] = obj
@@ -340,9 +343,9 @@ def _rendered(index: ProjectionStore) -> Rendered:
 
 
 #: Per store, least recently used first: rendered study answers by (return
-#: keys, DIMSE?, Study Instance UID, version of its statistics row). An answer
-#: is ~5-7 KB as Python objects: 10,000 (every study of a 1M-instance archive)
-#: hold ~60 MiB.
+#: keys, DIMSE?, packed attributes, version of the study's statistics row). An
+#: answer is ~5-7 KB as Python objects: 10,000 (every study of a 1M-instance
+#: archive) hold ~60 MiB.
 _RENDERED: weakref.WeakKeyDictionary[Any, Rendered] = weakref.WeakKeyDictionary()
 RENDERED_MAX = 10_000
 _RENDERED_LOCK = threading.Lock()

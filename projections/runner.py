@@ -256,7 +256,7 @@ class Projector:
         # One insert per table, side by side: each is a few milliseconds of
         # chDB work with the interpreter lock released, and readers waiting
         # for this batch wait for the slowest rather than for their sum.
-        inserts = [(table, newest_per_key(table, r)) for table, r in rows.tables.items()]
+        inserts = {table: newest_per_key(table, r) for table, r in rows.tables.items()}
         pool = self._inserter()
         # A study's events sit in one partition; its statistics' version grows
         # with every batch that touches it, under any owner (a new owner's
@@ -264,10 +264,10 @@ class Projector:
         version = sum({**start, **advanced}.values())
         planned = None
         if touched and fresh:  # reads rows the inserts do not write: side by side
-            instances, studies = rows.tables["instance"], rows.tables.get("study", [])
+            instances, studies = rows.tables["instance"], inserts.get("study", [])
             args = (self._index, self._suffix, instances, studies, version)
             planned = pool.submit(stats.fresh_rows, *args)
-        list(pool.map(lambda one: self._insert(*one), inserts))
+        list(pool.map(lambda one: self._insert(*one), inserts.items()))
         if touched:
             # Written only once every row is in: a batch that failed part-way is
             # projected again, and must then find its SOP Instance UIDs in
@@ -297,7 +297,7 @@ class Projector:
         And whether the batch is fresh, i.e. only adds: every instance a first
         version (no earlier study, none twice), live, from a log of one
         partition (versions then order every event). Fresh statistics are
-        computed from the current rows plus the batch (stats.add_fresh)."""
+        computed from the current rows plus the batch (stats.fresh_rows)."""
         instances = rows.tables.get("instance", [])
         if not self._stats or not instances:
             return set(), False

@@ -187,20 +187,6 @@ def rebuild(index: ProjectionStore, suffix: str, version: int) -> None:
     )
 
 
-def add_fresh(
-    index: ProjectionStore,
-    suffix: str,
-    instances: Sequence[Mapping[str, Any]],
-    studies: Sequence[Mapping[str, Any]],
-    version: int,
-) -> bool:
-    """`fresh_rows` then `write`: False (nothing written) when declined."""
-    found = fresh_rows(index, suffix, instances, studies, version)
-    if found is not None:
-        write(index, suffix, *found)
-    return found is not None
-
-
 def write(
     index: ProjectionStore,
     suffix: str,
@@ -238,15 +224,19 @@ def fresh_rows(
 
     The caller guarantees the SOP Instance UIDs are new (none in receipt_by_sop,
     none twice in the batch) and newer than every stored version of their study
-    (one partition). None when the batch is not that simple (a series known
-    under another study, a study without its row in the batch): then `refresh`.
+    (one partition), and passes one row per study (the newest, as inserted:
+    `runner.newest_per_key`). None when the batch is not that simple (a series
+    known under another study, a study without its row in the batch): then
+    `refresh`.
     """
     parent: dict[str, str] = {}
     for row in instances:
         study, series = str(row["study_instance_uid"]), str(row["series_instance_uid"])
         if parent.setdefault(series, study) != study:
             return None
-    attributes = _newest_attributes(studies)
+    attributes = {
+        str(row["study_instance_uid"]): [row[c] for c in STUDY_ATTRIBUTES] for row in studies
+    }
     if not set(parent.values()) <= set(attributes):
         return None
     known = _known_series(index, suffix, sorted(parent))
@@ -265,33 +255,12 @@ def fresh_rows(
             new_series += old["n_series"]
             modalities = sorted(set(old["modalities"]) | set(modalities))
             sop_classes = sorted(set(old["sop_classes"]) | set(sop_classes))
-        study_rows.append(
-            [
-                uid,
-                new_series,
-                count,
-                modalities,
-                sop_classes,
-                best,
-                version,
-                *_with_answer(uid, attributes[uid]),
-            ]  # fmt: skip
-        )
+        tally = [uid, new_series, count, modalities, sop_classes, best, version]
+        study_rows.append(tally + _with_answer(uid, attributes[uid]))
     series_rows = []
     for uid, study, count, best, _ in added_series:
         series_rows.append([uid, study, count + known.get(uid, ("", 0))[1], best, version])
     return study_rows, series_rows
-
-
-def _newest_attributes(studies: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    """Per study, STUDY_ATTRIBUTES from its newest row in the batch."""
-    newest: dict[str, Mapping[str, Any]] = {}
-    for row in studies:
-        uid = str(row["study_instance_uid"])
-        kept = newest.get(uid)
-        if kept is None or row["version"] >= kept["version"]:
-            newest[uid] = row
-    return {uid: [row[c] for c in STUDY_ATTRIBUTES] for uid, row in newest.items()}
 
 
 def _known_series(

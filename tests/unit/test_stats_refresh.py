@@ -16,6 +16,7 @@ from infra.factory import open_projection_store
 from infra.migrations import migrate
 from infra.ports import ProjectionStore
 from projections import stats
+from projections.runner import newest_per_key
 
 REFRESHED, REBUILT = "_refreshed", "_rebuilt"
 _COLUMNS = ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "modality",
@@ -127,8 +128,8 @@ def _placed(hidden: st.SearchStrategy[int]) -> st.SearchStrategy[tuple[Any, ...]
 def test_a_fresh_batch_adds_up_to_the_rebuild(
     store: ProjectionStore, stored: list[tuple[Any, ...]], batch: list[tuple[Any, ...]]
 ) -> None:
-    """add_fresh (current rows + a batch of new live instances) writes what the
-    rebuild computes from every instance, or declines and writes nothing."""
+    """fresh_rows (current rows + a batch of new live instances) gives what the
+    rebuild computes from every instance, or declines and nothing is written."""
     old = [[study, series, f"3.{n}", *rest, n] for n, (study, series, *rest) in enumerate(stored)]
     new = [
         [study, series, f"4.{n}", *rest, len(old) + n]
@@ -149,7 +150,12 @@ def test_a_fresh_batch_adds_up_to_the_rebuild(
          "patient_name": f"NÄME/{r[6]}^Ü", "accession_number": f"A{r[6]}", "version": r[6]}
         for r in new
     ]  # fmt: skip
-    added = stats.add_fresh(store, REFRESHED, instances, studies, version=len(old) + len(new))
+    found = stats.fresh_rows(
+        store, REFRESHED, instances, newest_per_key("study", studies), len(old) + len(new)
+    )
+    if found is not None:
+        stats.write(store, REFRESHED, *found)
+    added = found is not None
     for table in ("study_stats", "series_stats"):
         if added:
             assert _live(store, table, REFRESHED) == _live(store, table, REBUILT)
