@@ -44,6 +44,8 @@ from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache
 
 DEFAULT_DATABASE = "chronicle"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+#: Statements that may change a table's columns (the kept insert column types).
+_DDL = re.compile(r"\s*(ALTER|CREATE|DROP|EXCHANGE|RENAME|TRUNCATE|ATTACH|DETACH)\b", re.I)
 
 #: ClickHouse error codes that mean "the statement or its values are wrong",
 #: i.e. retrying cannot help. Everything else is treated as Unavailable.
@@ -126,6 +128,10 @@ class ClickHouseStore:
         self._cache = ReadCache() if cached else None
         self._reads = CachedReads(self._cache)
         self._in_progress = 0
+        # Column types per (table, columns): clickhouse-connect otherwise runs a
+        # DESCRIBE TABLE before every insert, one more statement per table per
+        # projector batch (~1 ms each on chDB, plus parsing its answer).
+        self._column_types: dict[tuple[str, tuple[str, ...]], Sequence[Any]] = {}
         #: The owner's workers follow its writes here (infra.owner_state).
         self.published: OwnerState | None = None
         first = self._open_client(database=None)
@@ -140,6 +146,8 @@ class ClickHouseStore:
     # -- the port ---------------------------------------------------------------
 
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
+        if _DDL.match(sql):
+            self._column_types.clear()
         with self._writing(), self._lease() as client:
             client.command(sql, parameters=dict(parameters) if parameters else None)
 
@@ -176,12 +184,25 @@ class ClickHouseStore:
             check_identifier(column, "column")
         if not rows:
             return
+        key = (table, tuple(column_names))
         with self._writing(), self._lease() as client:
             try:
-                client.insert(table, list(rows), column_names=list(column_names))
+                types = self._column_types.get(key)
+                if types is None:
+                    context = client.create_insert_context(table, list(column_names))
+                    types = self._column_types[key] = context.column_types
+                client.insert(
+                    table, list(rows), column_names=list(column_names), column_types=types
+                )
             except (TypeError, ValueError, OverflowError) as exc:
+                self._column_types.pop(key, None)
                 # The native encoder rejects values that do not fit the column type.
                 raise Invalid(f"rows for {table} do not fit its columns: {exc}") from exc
+            except BaseException:
+                # A table changed under us (another process migrated or swapped it):
+                # the retry asks for its columns again.
+                self._column_types.pop(key, None)
+                raise
 
     def close(self) -> None:
         with self._lock:
