@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from infra.migrations import migrate
 from infra.ports import BlobStore, EventLog, Position, ProjectionStore, covers
-from projections import stats
+from projections import members, stats
 from projections.runner import Projector
 
 log = logging.getLogger("chronicle.replay")
@@ -77,6 +77,9 @@ def replay(
         _pipelined(event_log, projector, target, batch, counted)
     finally:
         projector.stop()  # its insert threads
+    # Batches never look back at earlier places, so the places instances left
+    # are hidden once, now that every version is in.
+    index.command(members.TOMBSTONES_SQL.format(s=SUFFIX))
     stats.rebuild(index, SUFFIX, version=sum(projector.checkpoint().values()))
     index.command(
         f"INSERT INTO checkpoint{SUFFIX} (projector, partition, next_offset, version) "

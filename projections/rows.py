@@ -185,16 +185,9 @@ def instance_stored_rows(
             "version": version,
         },
     )
-    out.add("instance", _instance_row(event, envelope, m, version))
-    out.add(
-        "instance_member",
-        {
-            "study_instance_uid": event.study_instance_uid,
-            "series_instance_uid": event.series_instance_uid,
-            "sop_instance_uid": event.sop_instance_uid,
-            "version": version,
-        },
-    )
+    instance = _instance_row(event, envelope, m, version)
+    out.add("instance", instance)
+    out.add("instance_member", {key: instance[key] for key in MEMBER_COLUMNS})
     out.add(
         "receipt",
         {
@@ -217,6 +210,20 @@ def instance_stored_rows(
         },
     )
     return out
+
+
+#: instance_member's columns (schemas/ddl/005 and 007): where an instance is, and
+#: what series and study /metadata return, ordered by study and series.
+MEMBER_COLUMNS = (
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "instance_number",
+    "metadata",
+    "sidecar_key",
+    "hidden",
+    "version",
+)
 
 
 def _instance_row(

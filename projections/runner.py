@@ -28,7 +28,7 @@ import orjson
 from infra.errors import ChronicleError, Invalid
 from infra.owner_state import OwnerState
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
-from projections import stats
+from projections import members, stats
 from projections.conflicts import receipt_by_sop_rows
 from projections.rows import Row, Rows, rows_for
 from schemas import codec
@@ -252,11 +252,14 @@ class Projector:
         self, records: list[LogRecord], rows: Rows, start: Position, advanced: dict[int, int]
     ) -> None:
         """Insert a batch's rows (and statistics), then its checkpoint."""
-        touched, fresh = self._touched_studies(rows, records)
+        touched, fresh, places = self._touched_studies(rows, records)
         # One insert per table, side by side: each is a few milliseconds of
         # chDB work with the interpreter lock released, and readers waiting
         # for this batch wait for the slowest rather than for their sum.
         inserts = {table: newest_per_key(table, r) for table, r in rows.tables.items()}
+        if touched and not fresh:  # instances may have moved: hide the places left
+            left = members.tombstones(inserts["instance"], rows.tables["instance_member"], places)
+            inserts["instance_member"] = [*inserts["instance_member"], *left]
         pool = self._inserter()
         # A study's events sit in one partition; its statistics' version grows
         # with every batch that touches it, under any owner (a new owner's
@@ -290,27 +293,31 @@ class Projector:
             self._publish()
             self._cond.notify_all()
 
-    def _touched_studies(self, rows: Rows, records: list[LogRecord]) -> tuple[set[str], bool]:
+    def _touched_studies(
+        self, rows: Rows, records: list[LogRecord]
+    ) -> tuple[set[str], bool, set[members.Place]]:
         """Studies whose statistics this batch changes: those its instances are in
         now and, for a newer version naming another study, the one it leaves.
 
         And whether the batch is fresh, i.e. only adds: every instance a first
-        version (no earlier study, none twice), live, from a log of one
+        version (no earlier place, none twice), live, from a log of one
         partition (versions then order every event). Fresh statistics are
-        computed from the current rows plus the batch (stats.fresh_rows)."""
+        computed from the current rows plus the batch (stats.fresh_rows).
+        And the places the batch's instances were stored at before it."""
         instances = rows.tables.get("instance", [])
         if not self._stats or not instances:
-            return set(), False
+            return set(), False, set()
         now = {str(row["study_instance_uid"]) for row in instances}
         sops = [str(row["sop_instance_uid"]) for row in instances]
-        before = stats.studies_of(self._index, self._suffix, sops)
+        places = members.places_of(self._index, self._suffix, sops)
+        before = {study for _, study, _ in places}
         fresh = (
             not before
             and len(set(sops)) == len(sops)
             and not any(row["hidden"] for row in instances)
             and {record.partition for record in records} | set(self._position) <= {0}
         )
-        return now | before, fresh
+        return now | before, fresh, places
 
     def run_until(self, target: Position, progress: Callable[[int], None] | None = None) -> None:
         """Project until the checkpoint covers `target` (replay, tests)."""

@@ -9,6 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from api import matching
+from api.catalog import METADATA_COLUMNS, list_instances
 from api.wiring import Archive, open_archive
 from infra.settings import Settings
 from projections.replay import replay
@@ -60,6 +61,21 @@ def test_counts_follow_stores_and_an_instance_that_moves_empties_its_old_study(
     assert _studies(archive) == {b: 2}
     assert _series(archive, b) == {series_b: 2}
     assert _series(archive, a) == {}
+    # /metadata reads instance_member: the place left is hidden, live and after replay.
+    assert _metadata_sops(archive, a, series_a) == []
+    assert moving in _metadata_sops(archive, b, series_b)
+    archive.projector.stop()
+    replay(archive.log, archive.index, archive.blobs)
+    archive.projector.reload()
+    assert _metadata_sops(archive, a, series_a) == []
+    assert len(_metadata_sops(archive, b, series_b)) == 2
+
+
+def _metadata_sops(archive: Archive, study: str, series: str) -> list[str]:
+    assert archive.read_barrier()
+    rows = list_instances(archive.index, study, series, columns=METADATA_COLUMNS)
+    assert all(row.metadata_json.startswith("{") for row in rows)
+    return [row.sop_instance_uid for row in rows]
 
 
 def test_replay_rebuilds_the_same_statistics(archive: Archive, tmp_path: Path) -> None:

@@ -187,3 +187,40 @@ def test_an_older_index_gets_its_study_answers_filled_in(
         assert row["answer"] == stats._with_answer("1.2.3", list(values.values()))[-1]
     finally:
         store.close()
+
+
+def test_an_older_index_gets_its_members_metadata_and_tombstones(
+    ddl_package: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Migration 007 on an index made before it: instance_member's live rows
+    become the live instances with their metadata; an instance that moved
+    (two versions still unmerged) shows at its new place only."""
+    name, folder = ddl_package
+    shipped = {m.version: m for m in available()}
+    for version in range(1, 7):
+        (folder / f"{shipped[version].name}.sql").write_text(shipped[version].sql)
+    store = ClickHouseStore(f"chdb://{tmp_path / 'index'}")
+    columns = ["sop_instance_uid", "series_instance_uid", "study_instance_uid",
+               "instance_number", "metadata", "hidden", "version"]  # fmt: skip
+    try:
+        migrate(store, package=name)
+        instances = [
+            ["9.1", "2.1", "1.1", 1, '{"a":1}', 0, 1],
+            ["9.2", "2.1", "1.1", 2, '{"a":2}', 0, 2],
+            ["9.2", "2.2", "1.1", 2, '{"a":3}', 0, 3],  # moved to series 2.2
+        ]
+        store.insert("instance", instances, columns)
+        store.insert(
+            "instance_member",
+            [[r[2], r[1], r[0], r[6]] for r in instances],
+            ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "version"],
+        )
+        (folder / f"{shipped[7].name}.sql").write_text(shipped[7].sql)
+        assert migrate(store, package=name) == [shipped[7].name]
+        live = store.query(
+            "SELECT series_instance_uid, sop_instance_uid, instance_number, metadata"
+            " FROM instance_member FINAL WHERE hidden = 0 ORDER BY sop_instance_uid"
+        )
+        assert live == [("2.1", "9.1", 1, '{"a":1}'), ("2.2", "9.2", 2, '{"a":3}')]
+    finally:
+        store.close()

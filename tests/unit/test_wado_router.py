@@ -43,6 +43,7 @@ from infra.factory import open_projection_store
 from infra.fs_blobs import FileBlobStore
 from infra.ports import ProjectionStore
 from infra.settings import Settings
+from projections.rows import MEMBER_COLUMNS
 from schemas.dicom_json import dataset_to_json
 
 ROOT = "1.2.826.0.1.3680043.8.498.4242"
@@ -192,11 +193,10 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeArchive]:
         hidden = _row(_build(f"{SERIES_A}.9", SERIES_A, 9, EXPLICIT), blobs)
         hidden[-2] = 1  # a rejected instance: never served
         index.insert("instance", [*rows, hidden], _COLUMNS)
-        # What the projector writes beside each instance row (migration 005).
+        # What the projector writes beside each instance row (migrations 005, 007).
+        named = [dict(zip(_COLUMNS, r, strict=True)) for r in [*rows, hidden]]
         index.insert(
-            "instance_member",
-            [[r[3], r[2], r[0], r[-1]] for r in [*rows, hidden]],
-            ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "version"],
+            "instance_member", [[n[c] for c in MEMBER_COLUMNS] for n in named], MEMBER_COLUMNS
         )
         yield FakeArchive(Settings(data_dir=root), blobs, index)
     finally:
