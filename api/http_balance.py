@@ -30,9 +30,11 @@ log = logging.getLogger("chronicle.http")
 #: How often a waiting acceptor looks whether it should stop.
 _POLL_SECONDS = 0.25
 #: The owner's slot on the board, and how long a worker leaves it a connection
-#: when both hold as many.
+#: when both hold as many: the interpreter's switch interval, because the
+#: owner's acceptor thread may wait that long for the lock once select()
+#: returns (1 ms lost the race now and then when the machine was busy).
 OWNER_SLOT = 0
-TIE_YIELD_SECONDS = 0.001
+TIE_YIELD_SECONDS = 0.005
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 

@@ -31,6 +31,7 @@ from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStor
 from projections import members, stats
 from projections.conflicts import receipt_by_sop_rows
 from projections.rows import Row, Rows, rows_for
+from projections.written import LastWritten
 from schemas import codec
 from schemas.events import InstanceStored
 
@@ -54,6 +55,10 @@ REPLACING_KEYS: dict[str, tuple[str, ...]] = {
     "series": ("series_instance_uid",),
     "instance": ("sop_instance_uid",),
 }
+
+#: Tables whose rows repeat from batch to batch (every instance carries its
+#: patient, study and series): an unchanged row is not written again.
+LEVEL_TABLES = ("patient", "study", "series")
 
 
 class Assignment(Protocol):
@@ -141,6 +146,7 @@ class Projector:
         self.skipped = 0
         self.last_error = ""
         self._pool: ThreadPoolExecutor | None = None
+        self._written = LastWritten({t: REPLACING_KEYS[t] for t in LEVEL_TABLES})
 
     def _inserter(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -203,6 +209,7 @@ class Projector:
         """Forget the cached position (the checkpoint table was swapped by replay)."""
         with self._cond:
             self._loaded = False
+            self._written.forget()
 
     def lag(self) -> int:
         end = self._log.end()
@@ -221,6 +228,7 @@ class Projector:
                 # another projector, whose checkpoint row says where.
                 self._current()
                 self._refresh()
+                self._written.forget()
                 self._generation = assignment.generation
             if not assignment.partitions:
                 return 0
@@ -256,7 +264,8 @@ class Projector:
         # One insert per table, side by side: each is a few milliseconds of
         # chDB work with the interpreter lock released, and readers waiting
         # for this batch wait for the slowest rather than for their sum.
-        inserts = {table: newest_per_key(table, r) for table, r in rows.tables.items()}
+        newest = {table: newest_per_key(table, r) for table, r in rows.tables.items()}
+        inserts = {table: self._written.changed(table, r) for table, r in newest.items()}
         if touched and not fresh:  # instances may have moved: hide the places left
             left = members.tombstones(inserts["instance"], rows.tables["instance_member"], places)
             inserts["instance_member"] = [*inserts["instance_member"], *left]
@@ -267,10 +276,12 @@ class Projector:
         version = sum({**start, **advanced}.values())
         planned = None
         if touched and fresh:  # reads rows the inserts do not write: side by side
-            instances, studies = rows.tables["instance"], inserts.get("study", [])
+            instances, studies = rows.tables["instance"], newest.get("study", [])
             args = (self._index, self._suffix, instances, studies, version)
             planned = pool.submit(stats.fresh_rows, *args)
         list(pool.map(lambda one: self._insert(*one), inserts.items()))
+        for table, written in inserts.items():
+            self._written.remember(table, written)
         if touched:
             # Written only once every row is in: a batch that failed part-way is
             # projected again, and must then find its SOP Instance UIDs in
