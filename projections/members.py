@@ -5,9 +5,9 @@ one key range (schemas/ddl/007). That holds only the live instances if every
 place an instance has left carries a tombstone: a row at the old place with
 hidden = 1 and the version of the event that moved it, which ReplacingMergeTree
 keeps over the older row there. The live projector writes them from the
-places receipt_by_sop remembers (`tombstones`); replay, whose batches never
-look back, writes them all at once when its tables are full (`TOMBSTONES_SQL`,
-the same statement as migration 007's last).
+places receipt_by_sop remembers (`tombstones`). Replay fills the whole table
+from its instance table once that is full and then writes every tombstone at
+once (`FILL_SQL`, `TOMBSTONES_SQL`: migration 007's last two statements).
 """
 
 from __future__ import annotations
@@ -31,6 +31,18 @@ TOMBSTONES_SQL = (
     " FROM instance{s} FINAL) AS i ON m.sop_instance_uid = i.sop_instance_uid"
     " WHERE m.study_instance_uid != i.study_instance_uid"
     " OR m.series_instance_uid != i.series_instance_uid"
+)
+
+
+#: Every version the instance table holds, with what /metadata returns: replay
+#: fills the table this way once its instance table is full (SQL, not a
+#: Python row per event), then runs TOMBSTONES_SQL.
+FILL_SQL = (
+    "INSERT INTO instance_member{s}"
+    " (study_instance_uid, series_instance_uid, sop_instance_uid, version,"
+    " instance_number, metadata, sidecar_key, hidden)"
+    " SELECT study_instance_uid, series_instance_uid, sop_instance_uid, version,"
+    " instance_number, metadata, sidecar_key, hidden FROM instance{s}"
 )
 
 

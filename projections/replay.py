@@ -77,8 +77,10 @@ def replay(
         _pipelined(event_log, projector, target, batch, counted)
     finally:
         projector.stop()  # its insert threads
-    # Batches never look back at earlier places, so the places instances left
-    # are hidden once, now that every version is in.
+    # instance_member is the instance table again, ordered by place: copied in
+    # SQL once (cheaper than a Python row per event); batches never looked
+    # back at earlier places, so the places instances left are hidden now.
+    index.command(members.FILL_SQL.format(s=SUFFIX))
     index.command(members.TOMBSTONES_SQL.format(s=SUFFIX))
     stats.rebuild(index, SUFFIX, version=sum(projector.checkpoint().values()))
     index.command(
@@ -123,6 +125,7 @@ def _pipelined(
             if not records:
                 break
             rows, advanced = projector.rows_of(records)
+            rows.tables.pop("instance_member", None)  # filled from the instance table
             if pending is not None:
                 pending.result()
             pending = writer.submit(projector.write, records, rows, position, advanced)
