@@ -69,23 +69,6 @@ SERIES_COLUMNS = ["series_instance_uid", "study_instance_uid", "n_instances", "r
                   "version"]  # fmt: skip
 
 
-def studies_of(index: ProjectionStore, suffix: str, sop_instance_uids: Iterable[str]) -> set[str]:
-    """Every study these instances have been in: a superset of where they are now
-    (before a batch moves any), which is all a refresh needs (it recomputes a
-    study from its live instances). From receipt_by_sop, ordered by SOP Instance
-    UID with small granules and no FINAL to pay: ~5 ms against ~16 ms for the
-    instance table with FINAL at 150k instances."""
-    uids = sorted(set(sop_instance_uids))
-    if not uids:
-        return set()
-    rows = index.query(
-        f"SELECT DISTINCT study_instance_uid FROM receipt_by_sop{suffix}"
-        " WHERE sop_instance_uid IN {uids:Array(String)}",
-        {"uids": uids},
-    )
-    return {str(row[0]) for row in rows}
-
-
 def refresh(
     index: ProjectionStore,
     suffix: str,

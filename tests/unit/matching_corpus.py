@@ -17,7 +17,7 @@ import orjson
 
 from infra.factory import open_projection_store
 from infra.ports import ProjectionStore
-from projections import stats
+from projections import members, stats
 from schemas.names import fold
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -309,9 +309,10 @@ def insert(store: ProjectionStore, instances: list[Inst]) -> None:
             batches.setdefault(table, (columns, []))[1].append(values)
     columns, instance_rows = batches.get("instance", ([], []))
     at = {name: n for n, name in enumerate(columns)}
-    touched = {str(r[at["study_instance_uid"]]) for r in instance_rows} | stats.studies_of(
-        store, "", (str(r[at["sop_instance_uid"]]) for r in instance_rows)
-    )
+    earlier = members.places_of(store, "", (str(r[at["sop_instance_uid"]]) for r in instance_rows))
+    touched = {str(r[at["study_instance_uid"]]) for r in instance_rows} | {
+        study for _, study, _ in earlier
+    }
     for table, (columns, batch) in batches.items():
         store.insert(table, batch, columns)
     # What the projector does after each batch (projections.stats).
