@@ -48,7 +48,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectionStore]
     opened.close()
 
 
-def _event(study: int, series: int, sop: int, number: int) -> bytes:
+def instance_event(study: int, series: int, sop: int, metadata: dict[str, Any]) -> bytes:
+    """An InstanceStored event of SOP 1.3.<sop> in series 1.2.<study>.<series>."""
     stored = InstanceStored(
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         sop_instance_uid=f"1.3.{sop}",
@@ -59,10 +60,14 @@ def _event(study: int, series: int, sop: int, number: int) -> bytes:
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         blob=BlobRef(f"instances/ab/ab/{SHA}.dcm", SHA, 1000, 300),
         source=Source("DIMSE", calling_ae="MOD", called_ae="CHRONICLE", peer="127.0.0.1:4000"),
-        metadata={"00200013": {"vr": "IS", "Value": [number]}},
+        metadata=metadata,
         frames=None,
     )
     return codec.encode(Envelope.of(stored, key=stored.study_instance_uid))
+
+
+def _event(study: int, series: int, sop: int, number: int) -> bytes:
+    return instance_event(study, series, sop, {"00200013": {"vr": "IS", "Value": [number]}})
 
 
 def _live(store: ProjectionStore, table: str, suffix: str) -> set[tuple[Any, ...]]:

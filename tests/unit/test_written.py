@@ -17,10 +17,8 @@ from projections.rows import rows_for
 from projections.runner import Projector, newest_per_key
 from projections.written import LastWritten
 from schemas import codec
-from schemas.events import BlobRef, Envelope, InstanceStored, Source
-from tests.unit.test_members import OnePartitionLog
+from tests.unit.test_members import OnePartitionLog, instance_event
 
-SHA = "ef" * 32
 SUFFIX = "_w"
 
 
@@ -68,20 +66,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectionStore]
 
 
 def _event(sop: int, study: int, name: str) -> bytes:
-    stored = InstanceStored(
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        sop_instance_uid=f"1.3.{sop}",
-        series_instance_uid=f"1.2.{study}.1",
-        study_instance_uid=f"1.2.{study}",
-        patient_id="P",
-        issuer_of_patient_id="",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        blob=BlobRef(f"instances/ef/ef/{SHA}.dcm", SHA, 1000, 300),
-        source=Source("DIMSE", calling_ae="MOD", called_ae="CHRONICLE", peer="127.0.0.1:4000"),
-        metadata={"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]}},
-        frames=None,
+    return instance_event(
+        study, 1, sop, {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]}}
     )
-    return codec.encode(Envelope.of(stored, key=stored.study_instance_uid))
 
 
 def _levels(store: ProjectionStore, table: str) -> set[tuple[Any, ...]]:
