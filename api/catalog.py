@@ -7,6 +7,7 @@ parameters only; UIDs are validated by the caller before they get here.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,48 +79,57 @@ def list_instances(
     study_uid: str,
     series_uid: str | None = None,
     sop_instance_uid: str | None = None,
-    *,
-    columns: tuple[str, ...] = INSTANCE_COLUMNS,
 ) -> list[InstanceRow]:
-    """Live instances of a study (optionally one series / one instance), in a stable order.
-
-    `columns` narrows what is read (METADATA_COLUMNS); the rows' other fields
-    are then empty."""
-    where = " WHERE hidden = 0 AND study_instance_uid = {study:String}"
-    params: dict[str, Any] = {"study": study_uid}
-    if series_uid is not None:
-        where += " AND series_instance_uid = {series:String}"
-        params["series"] = series_uid
-    if sop_instance_uid is not None:
-        where += " AND sop_instance_uid = {sop:String}"
-        params["sop"] = sop_instance_uid
-    if columns == METADATA_COLUMNS:
-        return _members(index, where, params)
+    """Live instances of a study (optionally one series / one instance), in a stable order."""
+    place, params = _place(study_uid, series_uid, sop_instance_uid)
     # The candidates' SOP Instance UIDs first, by a key range of instance_member
     # (ordered by study and series; migration 005); the instance table then reads
-    # only those primary keys, and `where` decides on the newest version (a stale
+    # only those primary keys, and the outer filter decides on the newest version (a stale
     # candidate, since moved elsewhere, drops out). With FINAL every column of
     # every granule a filter selects is read, and a study's instances are spread
     # over the instance table (ordered by SOP Instance UID).
-    member = " WHERE study_instance_uid = {study:String}"
-    if series_uid is not None:
-        member += " AND series_instance_uid = {series:String}"
-    if sop_instance_uid is not None:
-        member += " AND sop_instance_uid = {sop:String}"
-    matching = f"SELECT sop_instance_uid FROM instance_member{member}"
+    matching = f"SELECT sop_instance_uid FROM instance_member WHERE {place}"
     # FINAL before WHERE: a later event (rejection, update) replaces the row, and
     # the filter must see the replacement, not an older version.
-    select = f"SELECT {', '.join(columns)} FROM instance FINAL"
-    sql = f"{select}{where} AND sop_instance_uid IN ({matching}){_ORDER}"
+    select = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instance FINAL"
+    sql = f"{select} WHERE hidden = 0 AND {place} AND sop_instance_uid IN ({matching}){_ORDER}"
     return [_row(record) for record in index.query_dicts(sql, params)]
 
 
-def _members(index: ProjectionStore, where: str, params: dict[str, Any]) -> list[InstanceRow]:
-    """What /metadata needs, by one key range of instance_member (migration 007):
-    its live rows are the live instances, each with its metadata, because the
-    places an instance left hold a newer tombstone (projections.members)."""
+def list_metadata(
+    index: ProjectionStore,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> list[InstanceRow]:
+    """The same instances as `list_instances` with only METADATA_COLUMNS filled
+    (the rows' other fields empty), by one key range of instance_member
+    (migration 007): its live rows are the live instances, each with its
+    metadata, because the places an instance left hold a newer tombstone
+    (projections.members)."""
+    place, params = _place(study_uid, series_uid, sop_instance_uid)
     select = f"SELECT {', '.join(METADATA_COLUMNS)} FROM instance_member FINAL"
-    return [_row(record) for record in index.query_dicts(f"{select}{where}{_ORDER}", params)]
+    sql = f"{select} WHERE hidden = 0 AND {place}{_ORDER}"
+    return [_row(record) for record in index.query_dicts(sql, params)]
+
+
+#: list_instances or list_metadata.
+Lister = Callable[[ProjectionStore, str, str | None, str | None], list[InstanceRow]]
+
+
+def _place(
+    study_uid: str, series_uid: str | None, sop_instance_uid: str | None
+) -> tuple[str, dict[str, Any]]:
+    """The condition naming a study / series / instance, and its parameters."""
+    place = "study_instance_uid = {study:String}"
+    params: dict[str, Any] = {"study": study_uid}
+    if series_uid is not None:
+        place += " AND series_instance_uid = {series:String}"
+        params["series"] = series_uid
+    if sop_instance_uid is not None:
+        place += " AND sop_instance_uid = {sop:String}"
+        params["sop"] = sop_instance_uid
+    return place, params
 
 
 def _row(record: dict[str, Any]) -> InstanceRow:

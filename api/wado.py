@@ -29,9 +29,9 @@ from fastapi.responses import StreamingResponse
 
 from api import frames, pixels, transcode
 from api.catalog import (
-    METADATA_COLUMNS,
     InstanceRow,
     bulk_ranges,
+    list_metadata,
     load_metadata,
     metadata_bytes,
 )
@@ -261,7 +261,7 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        rows, headers = find_rows(archive, study, series, instance, columns=METADATA_COLUMNS)
+        rows, headers = find_rows(archive, study, series, instance, lister=list_metadata)
         chosen = metadata_format(parse_accept(request.headers.get("accept")))
         base = base_url(archive, request)
         documents = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from api.catalog import INSTANCE_COLUMNS, InstanceRow, list_instances
+from api.catalog import InstanceRow, Lister, list_instances
 from api.deps import ArchiveDep
 from api.negotiation import Refusal
 from api.problems import lagging_headers, problem
@@ -22,7 +22,7 @@ def find_rows(
     series: str | None,
     instance: str | None,
     *,
-    columns: tuple[str, ...] = INSTANCE_COLUMNS,
+    lister: Lister = list_instances,
 ) -> tuple[list[InstanceRow], dict[str, str]]:
     """Validate UIDs, wait for read-your-writes, find the instances (or refuse)."""
     try:
@@ -33,7 +33,7 @@ def find_rows(
         raise Refusal(400, "Bad Request", str(exc)) from exc
     headers = lagging_headers(archive.read_barrier())
     try:
-        rows = list_instances(archive.index, study, series, instance, columns=columns)
+        rows = lister(archive.index, study, series, instance)
     except Unavailable as exc:
         raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
     if not rows:

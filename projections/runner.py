@@ -267,7 +267,7 @@ class Projector:
         newest = {table: newest_per_key(table, r) for table, r in rows.tables.items()}
         inserts = {table: self._written.changed(table, r) for table, r in newest.items()}
         if touched and not fresh:  # instances may have moved: hide the places left
-            left = members.tombstones(inserts["instance"], rows.tables["instance_member"], places)
+            left = members.tombstones(newest["instance"], rows.tables["instance_member"], places)
             inserts["instance_member"] = [*inserts["instance_member"], *left]
         pool = self._inserter()
         # A study's events sit in one partition; its statistics' version grows

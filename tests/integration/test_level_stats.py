@@ -9,7 +9,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from api import matching
-from api.catalog import METADATA_COLUMNS, list_instances
+from api.catalog import list_metadata
 from api.wiring import Archive, open_archive
 from infra.settings import Settings
 from projections.replay import replay
@@ -73,7 +73,7 @@ def test_counts_follow_stores_and_an_instance_that_moves_empties_its_old_study(
 
 def _metadata_sops(archive: Archive, study: str, series: str) -> list[str]:
     assert archive.read_barrier()
-    rows = list_instances(archive.index, study, series, columns=METADATA_COLUMNS)
+    rows = list_metadata(archive.index, study, series)
     assert all(row.metadata_json.startswith("{") for row in rows)
     return [row.sop_instance_uid for row in rows]
 
