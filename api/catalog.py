@@ -113,6 +113,20 @@ def list_metadata(
     return [_row(record) for record in index.query_dicts(sql, params)]
 
 
+def series_document(index: ProjectionStore, study_uid: str, series_uid: str) -> bytes | None:
+    """The series' /metadata JSON array as prepared by the projector (migration
+    008, `projections.documents`; BulkDataURI bases left as BASE_MARK), or None
+    when it has none or a newer batch touched the series (a stale mark): read
+    it with list_metadata then."""
+    rows = index.query_dicts(
+        "SELECT document FROM series_metadata FINAL"
+        " WHERE study_instance_uid = {study:String} AND series_instance_uid = {series:String}",
+        {"study": study_uid, "series": series_uid},
+    )
+    document = str(rows[0]["document"]) if rows else ""
+    return document.encode() if document else None
+
+
 #: list_instances or list_metadata.
 Lister = Callable[[ProjectionStore, str, str | None, str | None], list[InstanceRow]]
 

@@ -38,9 +38,17 @@ from api.catalog import (
 from api.deps import ArchiveDep
 from api.negotiation import MediaRange, Refusal, byte_range, parse_accept, related_type
 from api.pixel_spec import PixelSpec
-from api.wado_common import REFUSALS, answer, base_url, find_rows, instance_url
+from api.wado_common import (
+    REFUSALS,
+    answer,
+    base_url,
+    find_rows,
+    find_series_document,
+    instance_url,
+)
 from infra.errors import NotFound, Unavailable
 from infra.ports import BlobStore
+from projections.documents import BASE_MARK
 from schemas.dicom_json import absolutize_bulk_uris
 from schemas.dicom_xml import json_to_xml
 
@@ -62,6 +70,7 @@ _ANY = frozenset({"*/*", "multipart/*"})
 _JSON_TYPES = frozenset({"*/*", "application/*", "application/json", DICOM_JSON})
 _BULK_RANGE = re.compile(r"^([0-9]{1,15})-([0-9]{1,15})$")
 _RELATIVE_BULK = b'"BulkDataURI":"bulkdata/'
+_BASE_MARK = BASE_MARK.encode()
 
 
 # -- retrieve instances ----------------------------------------------------------
@@ -261,6 +270,12 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
+        if series is not None and instance is None:
+            document, headers = find_series_document(archive, study, series)
+            if document is not None:
+                chosen = metadata_format(parse_accept(request.headers.get("accept")))
+                if chosen == DICOM_JSON:
+                    return _prepared(document, base_url(archive, request), headers)
         rows, headers = find_rows(archive, study, series, instance, lister=list_metadata)
         chosen = metadata_format(parse_accept(request.headers.get("accept")))
         base = base_url(archive, request)
@@ -283,6 +298,12 @@ def _metadata(
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     media = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
     return Response(body, media_type=media, headers=headers)
+
+
+def _prepared(document: bytes, base: str, headers: dict[str, str]) -> Response:
+    """A series' prepared /metadata with the request's base URL put in."""
+    body = document.replace(_BASE_MARK, orjson.dumps(base)[1:-1])
+    return Response(body, media_type=DICOM_JSON, headers=headers)
 
 
 @router.get("/studies/{study}/metadata")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from api.catalog import InstanceRow, Lister, list_instances
+from api.catalog import InstanceRow, Lister, list_instances, series_document
 from api.deps import ArchiveDep
 from api.negotiation import Refusal
 from api.problems import lagging_headers, problem
@@ -25,12 +25,7 @@ def find_rows(
     lister: Lister = list_instances,
 ) -> tuple[list[InstanceRow], dict[str, str]]:
     """Validate UIDs, wait for read-your-writes, find the instances (or refuse)."""
-    try:
-        study = check_uid(study, "StudyInstanceUID")
-        series = None if series is None else check_uid(series, "SeriesInstanceUID")
-        instance = None if instance is None else check_uid(instance, "SOPInstanceUID")
-    except Invalid as exc:
-        raise Refusal(400, "Bad Request", str(exc)) from exc
+    study, series, instance = _checked(study, series, instance)
     headers = lagging_headers(archive.read_barrier())
     try:
         rows = lister(archive.index, study, series, instance)
@@ -40,6 +35,33 @@ def find_rows(
         level = "instance" if instance else "series" if series else "study"
         raise Refusal(404, "Not Found", f"no such {level}", headers)
     return rows, headers
+
+
+def find_series_document(
+    archive: ArchiveDep, study: str, series: str
+) -> tuple[bytes | None, dict[str, str]]:
+    """Validate UIDs, wait for read-your-writes, read the series' prepared
+    /metadata document (`catalog.series_document`; None: use find_rows)."""
+    study, checked, _ = _checked(study, series, None)
+    assert checked is not None
+    headers = lagging_headers(archive.read_barrier())
+    try:
+        return series_document(archive.index, study, checked), headers
+    except Unavailable as exc:
+        raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
+
+
+def _checked(
+    study: str, series: str | None, instance: str | None
+) -> tuple[str, str | None, str | None]:
+    try:
+        return (
+            check_uid(study, "StudyInstanceUID"),
+            None if series is None else check_uid(series, "SeriesInstanceUID"),
+            None if instance is None else check_uid(instance, "SOPInstanceUID"),
+        )
+    except Invalid as exc:
+        raise Refusal(400, "Bad Request", str(exc)) from exc
 
 
 def answer(exc: Exception, headers: dict[str, str] | None = None) -> Response:

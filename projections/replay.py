@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from infra.migrations import migrate
 from infra.ports import BlobStore, EventLog, Position, ProjectionStore, covers
-from projections import members, stats
+from projections import documents, members, stats
 from projections.runner import Projector
 
 log = logging.getLogger("chronicle.replay")
@@ -32,6 +32,7 @@ TABLES = (
     "series",
     "instance",
     "instance_member",
+    "series_metadata",
     "receipt",
     "receipt_by_sop",
     "storage_commitment",
@@ -98,6 +99,11 @@ def replay(
         for table in TABLES:
             index.command(f"OPTIMIZE TABLE {table}{SUFFIX} FINAL")
         log.info("merged the fresh tables in %.1f s", time.perf_counter() - started)
+    # From instance_member's live rows, merged by now (its FINAL then costs
+    # little); series_metadata's part per statement is merged with the rest.
+    documents.build_all(index, SUFFIX, documents.DocumentClock().next())
+    if merge:
+        index.command(f"OPTIMIZE TABLE series_metadata{SUFFIX} FINAL")
     for table in TABLES:
         index.command(f"EXCHANGE TABLES {table} AND {table}{SUFFIX}")
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")

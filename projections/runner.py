@@ -28,7 +28,7 @@ import orjson
 from infra.errors import ChronicleError, Invalid
 from infra.owner_state import OwnerState
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
-from projections import members, stats
+from projections import documents, members, stats
 from projections.conflicts import receipt_by_sop_rows
 from projections.rows import Row, Rows, rows_for
 from projections.written import LastWritten
@@ -147,6 +147,11 @@ class Projector:
         self.last_error = ""
         self._pool: ThreadPoolExecutor | None = None
         self._written = LastWritten({t: REPLACING_KEYS[t] for t in LEVEL_TABLES})
+        self._clock = documents.DocumentClock()
+        #: Series waiting for their /metadata document. Only a projector that
+        #: owns every partition builds documents: its one clock orders every
+        #: mark and document (in a group, marks alone keep readers right).
+        self._quiet = documents.QuietSeries() if partitions is None else None
 
     def _inserter(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -210,6 +215,8 @@ class Projector:
         with self._cond:
             self._loaded = False
             self._written.forget()
+            if self._quiet is not None:
+                self._quiet.forget()  # replay built every document
 
     def lag(self) -> int:
         end = self._log.end()
@@ -269,6 +276,11 @@ class Projector:
         if touched and not fresh:  # instances may have moved: hide the places left
             left = members.tombstones(newest["instance"], rows.tables["instance_member"], places)
             inserts["instance_member"] = [*inserts["instance_member"], *left]
+        touched_series = documents.series_of(inserts.get("instance_member", []))
+        quiet = self._quiet
+        unmarked = [s for s in touched_series if quiet is None or not quiet.waiting(s)]
+        if unmarked:
+            inserts["series_metadata"] = documents.stale_marks(unmarked, self._clock.next())
         pool = self._inserter()
         # A study's events sit in one partition; its statistics' version grows
         # with every batch that touches it, under any owner (a new owner's
@@ -303,6 +315,22 @@ class Projector:
                 self._position[p] = max(o, self._position.get(p, 0))
             self._publish()
             self._cond.notify_all()
+        if quiet is not None:
+            quiet.touch(touched_series)
+
+    def build_documents(self, everything: bool = False) -> int:
+        """Build the /metadata documents of the series quiet long enough (all
+        touched ones with `everything`); return how many series were due."""
+        if self._quiet is None:
+            return 0
+        due = self._quiet.due(float("inf") if everything else None)
+        if due:
+            try:
+                documents.build(self._index, self._suffix, due, self._clock.next())
+            except BaseException:
+                self._quiet.touch(due)
+                raise
+        return len(due)
 
     def _touched_studies(
         self, rows: Rows, records: list[LogRecord]
@@ -408,6 +436,8 @@ class Projector:
         while not self._stop.is_set():
             try:
                 n = self.run_once()
+                if n < self._batch:
+                    self.build_documents()
                 self.last_error = ""
             except ChronicleError as exc:
                 self.last_error = str(exc)
@@ -423,7 +453,9 @@ class Projector:
                 # Caught up. Each chDB insert costs milliseconds of CPU whatever
                 # its size, so while nobody is waiting to read, let events
                 # gather for a while; a reader's wait() pokes us at once.
-                self._wake.wait(self._gather if n else IDLE_POLL_SECONDS)
+                pause = self._gather if n else IDLE_POLL_SECONDS
+                due = self._quiet.next_due() if self._quiet is not None else None
+                self._wake.wait(pause if due is None else min(pause, due))
                 self._wake.clear()
 
     def wait(self, target: Position, timeout: float) -> bool:
