@@ -113,18 +113,40 @@ def list_metadata(
     return [_row(record) for record in index.query_dicts(sql, params)]
 
 
-def series_document(index: ProjectionStore, study_uid: str, series_uid: str) -> bytes | None:
-    """The series' /metadata JSON array as prepared by the projector (migration
-    008, `projections.documents`; BulkDataURI bases left as BASE_MARK), or None
-    when it has none or a newer batch touched the series (a stale mark): read
-    it with list_metadata then."""
-    rows = index.query_dicts(
-        "SELECT document FROM series_metadata FINAL"
-        " WHERE study_instance_uid = {study:String} AND series_instance_uid = {series:String}",
-        {"study": study_uid, "series": series_uid},
-    )
-    document = str(rows[0]["document"]) if rows else ""
-    return document.encode() if document else None
+def prepared_metadata(
+    index: ProjectionStore, study_uid: str, series_uid: str | None = None
+) -> bytes | None:
+    """A series' or study's /metadata JSON array from the documents the
+    projector prepared (migration 008, `projections.documents`; BulkDataURI
+    bases left as BASE_MARK), or None when a series lacks one or a newer batch
+    touched it (a stale mark): read list_metadata then. A study's is its live
+    series' documents in series order, which is /metadata's order too."""
+    if series_uid is not None:
+        rows = index.query_dicts(_SERIES_DOCUMENT, {"study": study_uid, "series": series_uid})
+    else:
+        rows = index.query_dicts(_STUDY_DOCUMENTS, {"study": study_uid})
+    found = [str(row["document"]) for row in rows]
+    if not found or not all(found):
+        return None
+    if len(found) == 1:
+        return found[0].encode()
+    return ("[" + ",".join(document[1:-1] for document in found) + "]").encode()
+
+
+_SERIES_DOCUMENT = (
+    "SELECT document FROM series_metadata FINAL"
+    " WHERE study_instance_uid = {study:String} AND series_instance_uid = {series:String}"
+)
+#: Every live series of the study (from instance_member's UIDs, not its
+#: metadata) with its document; '' where it has none.
+_STUDY_DOCUMENTS = (
+    "SELECT m.series_instance_uid AS series, d.document AS document FROM"
+    " (SELECT DISTINCT series_instance_uid FROM instance_member FINAL"
+    "  WHERE study_instance_uid = {study:String} AND hidden = 0) AS m"
+    " LEFT JOIN (SELECT series_instance_uid, document FROM series_metadata FINAL"
+    "  WHERE study_instance_uid = {study:String}) AS d"
+    " ON m.series_instance_uid = d.series_instance_uid ORDER BY series"
+)
 
 
 #: list_instances or list_metadata.

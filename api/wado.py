@@ -42,8 +42,8 @@ from api.wado_common import (
     REFUSALS,
     answer,
     base_url,
+    find_prepared,
     find_rows,
-    find_series_document,
     instance_url,
 )
 from infra.errors import NotFound, Unavailable
@@ -270,8 +270,8 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        if series is not None and instance is None:
-            document, headers = find_series_document(archive, study, series)
+        if instance is None:
+            document, headers = find_prepared(archive, study, series)
             if document is not None:
                 chosen = metadata_format(parse_accept(request.headers.get("accept")))
                 if chosen == DICOM_JSON:
@@ -301,7 +301,7 @@ def _metadata(
 
 
 def _prepared(document: bytes, base: str, headers: dict[str, str]) -> Response:
-    """A series' prepared /metadata with the request's base URL put in."""
+    """Prepared /metadata with the request's base URL put in."""
     body = document.replace(_BASE_MARK, orjson.dumps(base)[1:-1])
     return Response(body, media_type=DICOM_JSON, headers=headers)
 

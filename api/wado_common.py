@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import Request, Response
 
-from api.catalog import InstanceRow, Lister, list_instances, series_document
+from api.catalog import InstanceRow, Lister, list_instances, prepared_metadata
 from api.deps import ArchiveDep
 from api.negotiation import Refusal
 from api.problems import lagging_headers, problem
@@ -37,16 +37,15 @@ def find_rows(
     return rows, headers
 
 
-def find_series_document(
-    archive: ArchiveDep, study: str, series: str
+def find_prepared(
+    archive: ArchiveDep, study: str, series: str | None
 ) -> tuple[bytes | None, dict[str, str]]:
-    """Validate UIDs, wait for read-your-writes, read the series' prepared
-    /metadata document (`catalog.series_document`; None: use find_rows)."""
-    study, checked, _ = _checked(study, series, None)
-    assert checked is not None
+    """Validate UIDs, wait for read-your-writes, read the study's or series'
+    prepared /metadata (`catalog.prepared_metadata`; None: use find_rows)."""
+    study, series, _ = _checked(study, series, None)
     headers = lagging_headers(archive.read_barrier())
     try:
-        return series_document(archive.index, study, checked), headers
+        return prepared_metadata(archive.index, study, series), headers
     except Unavailable as exc:
         raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
 

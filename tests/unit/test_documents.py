@@ -1,10 +1,11 @@
 """Series /metadata documents (migration 008, projections.documents).
 
 A document must be byte for byte what /metadata builds from instance_member's
-live rows, for any history of stores and moves, live and after replay; a batch
-that touches a series must retire its document at once (a stale mark); a series
-whose metadata a document cannot hold gets none; and the router serves the
-document when there is one, the rows otherwise, with the same answer."""
+live rows (a study's: its series' documents, when each of them has one), for
+any history of stores and moves, live and after replay; a batch that touches a
+series must retire its document at once (a stale mark); a series whose
+metadata a document cannot hold gets none; and the router serves the document
+when there is one, the rows otherwise, with the same answer."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api import wado
-from api.catalog import list_metadata, metadata_bytes, series_document
+from api.catalog import list_metadata, metadata_bytes, prepared_metadata
 from api.wado import absolute_metadata
 from api.wado_common import instance_url
 from infra.factory import open_projection_store
@@ -58,7 +59,7 @@ def _metadata(number: int | None, kind: int) -> dict[str, Any]:
     return meta
 
 
-def _answer(index: ProjectionStore, study: str, series: str) -> bytes | None:
+def _answer(index: ProjectionStore, study: str, series: str | None) -> bytes | None:
     """What /metadata builds from rows (api.wado._metadata), None for no instance."""
     rows = list_metadata(index, study, series)
     if not rows:
@@ -67,8 +68,8 @@ def _answer(index: ProjectionStore, study: str, series: str) -> bytes | None:
     return b"[" + b",".join(parts) + b"]"
 
 
-def _served(index: ProjectionStore, study: str, series: str) -> bytes | None:
-    found = series_document(index, study, series)
+def _served(index: ProjectionStore, study: str, series: str | None) -> bytes | None:
+    found = prepared_metadata(index, study, series)
     return None if found is None else found.replace(b"\x00", BASE.encode())
 
 
@@ -79,13 +80,15 @@ def _places(index: ProjectionStore) -> set[tuple[str, str]]:
     return {(str(study), str(series)) for study, series in rows}
 
 
-def _holdable(index: ProjectionStore, study: str, series: str) -> bool:
+def _holdable(index: ProjectionStore, study: str, series: str | None) -> bool:
     rows = list_metadata(index, study, series)
     return bool(rows) and all("elsewhere" not in r.metadata_json for r in rows)
 
 
 def _check_documents(index: ProjectionStore) -> None:
-    for study, series in _places(index):
+    places = _places(index)
+    studies: set[tuple[str, str | None]] = {(study, None) for study, _ in places}
+    for study, series in places | studies:
         served = _served(index, study, series)
         if _holdable(index, study, series):
             assert served == _answer(index, study, series), (study, series)
@@ -205,7 +208,8 @@ def test_the_router_serves_the_document_with_the_rows_answer(
     store: ProjectionStore, tmp_path: Path
 ) -> None:
     _truncate(store)
-    log = OnePartitionLog([instance_event(7, 1, sop, _metadata(sop, 1)) for sop in (1, 2, 3)])
+    stores = [instance_event(7, 1 + sop % 2, sop, _metadata(sop, 1)) for sop in (1, 2, 3, 4)]
+    log = OnePartitionLog(stores)
     projector = Projector(log, store, batch=10, gather_seconds=0)
     try:
         projector.run_until(log.end())
@@ -217,15 +221,21 @@ def test_the_router_serves_the_document_with_the_rows_answer(
     )
     app.include_router(wado.router)
     url = "/dicomweb/studies/1.2.7/series/1.2.7.1/metadata"
+    study_url = "/dicomweb/studies/1.2.7/metadata"
     with TestClient(app) as client:
         from_rows = client.get(url, headers={"Accept": JSON})
+        study_from_rows = client.get(study_url, headers={"Accept": JSON})
         projector.build_documents(everything=True)
-        assert series_document(store, "1.2.7", "1.2.7.1") is not None
+        assert prepared_metadata(store, "1.2.7", "1.2.7.1") is not None
+        assert prepared_metadata(store, "1.2.7") is not None
         from_document = client.get(url, headers={"Accept": JSON})
+        study_from_documents = client.get(study_url, headers={"Accept": JSON})
         xml = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom+xml"'})
         refused = client.get(url, headers={"Accept": "image/png"})
     assert from_rows.status_code == from_document.status_code == 200
     assert from_document.content == from_rows.content == _answer(store, "1.2.7", "1.2.7.1")
     assert from_document.headers["content-type"] == JSON
+    assert study_from_documents.content == study_from_rows.content
+    assert study_from_rows.content == _answer(store, "1.2.7", None)
     assert xml.status_code == 200 and xml.content.count(b"NativeDicomModel") >= 3
     assert refused.status_code == 406
