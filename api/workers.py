@@ -52,6 +52,9 @@ from projections.runner import Projector
 
 log = logging.getLogger("chronicle.workers")
 
+#: How long the owner's internal endpoint keeps an idle connection: longer
+#: than the workers' clients keep theirs, so the client always closes first.
+INTERNAL_KEEP_ALIVE_SECONDS = 60
 #: Set in every worker's environment: this process is a front-end worker.
 WORKER_ENV = "CHRONICLE_FRONT_END_WORKER"
 #: The owner's internal endpoint, set only when workers read the index through it.
@@ -168,8 +171,14 @@ class WorkerPool:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         self.owner_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        # Workers' clients drop idle connections after 5 s (httpx's default);
+        # uvicorn's own default is also 5 s, and a worker sending on a
+        # connection the owner was closing that moment got a reset.
         config = uvicorn.Config(
-            create_internal_app(archive, self.token), log_level="warning", access_log=False
+            create_internal_app(archive, self.token),
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=INTERNAL_KEEP_ALIVE_SECONDS,
         )
         server = uvicorn.Server(config)
         self._server = server

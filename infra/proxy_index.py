@@ -57,12 +57,17 @@ class OwnerProjectionStore:
         return self._reads.memo(key, build, weigh)
 
     def _post(self, path: str, body: dict[str, Any]) -> Any:
+        content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
         try:
-            response = self._client.post(
-                f"{self._base}{path}",
-                content=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
-                headers={"Content-Type": "application/json"},
-            )
+            try:
+                response = self._send(path, content)
+            except httpx.TimeoutException:
+                raise
+            except httpx.TransportError:
+                # A pooled connection the owner closed as this request went out
+                # (a reset, or no answer at all). Every call here only reads,
+                # so it is sent once more, on a new connection.
+                response = self._send(path, content)
         except httpx.HTTPError as exc:
             raise Unavailable(f"index owner at {self._base} unreachable: {exc}") from exc
         if response.status_code == 400:
@@ -72,6 +77,11 @@ class OwnerProjectionStore:
         if response.status_code != 200:
             raise Unavailable(f"index owner answered {response.status_code}: {response.text[:300]}")
         return orjson.loads(response.content)
+
+    def _send(self, path: str, content: bytes) -> httpx.Response:
+        return self._client.post(
+            f"{self._base}{path}", content=content, headers={"Content-Type": "application/json"}
+        )
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         rows = self._post("/internal/query", {"sql": sql, "parameters": dict(parameters or {})})

@@ -130,14 +130,24 @@ def build_all(index: ProjectionStore, suffix: str, version: int) -> None:
 
 
 class DocumentClock:
-    """Versions for marks and documents: nanoseconds, strictly increasing."""
+    """Versions for marks and documents: nanoseconds, strictly increasing, and
+    above every version the table holds (`at_least`), so a wall clock stepped
+    back between two processes cannot let an old document outrank a new mark."""
 
     def __init__(self) -> None:
         self._last = 0
 
+    def at_least(self, floor: int) -> None:
+        self._last = max(self._last, floor)
+
     def next(self) -> int:
         self._last = max(self._last + 1, time.time_ns())
         return self._last
+
+
+def newest_version(index: ProjectionStore, suffix: str) -> int:
+    rows = index.query(f"SELECT max(version) FROM series_metadata{suffix}")
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
 class QuietSeries:
@@ -147,18 +157,32 @@ class QuietSeries:
         self._quiet = quiet
         self._bound = bound
         self._touched: OrderedDict[Series, float] = OrderedDict()
+        #: Waiting again after a failed build, which may have written their documents.
+        self._unmarked: set[Series] = set()
 
     def touch(self, series: Iterable[Series], now: float | None = None) -> None:
+        """These series were touched by a batch, which wrote their marks if needed."""
+        self._add(series, now, unmarked=False)
+
+    def retry(self, series: Iterable[Series], now: float | None = None) -> None:
+        """A build of these failed part-way: build them again, mark them when touched."""
+        self._add(series, now, unmarked=True)
+
+    def _add(self, series: Iterable[Series], now: float | None, *, unmarked: bool) -> None:
         at = time.monotonic() if now is None else now
         for one in series:
             self._touched[one] = at
             self._touched.move_to_end(one)
+            if unmarked:
+                self._unmarked.add(one)
+            else:
+                self._unmarked.discard(one)
         while len(self._touched) > self._bound:
-            self._touched.popitem(last=False)
+            self._unmarked.discard(self._touched.popitem(last=False)[0])
 
     def waiting(self, series: Series) -> bool:
-        """Touched and not built since: its mark is in, no document was built after."""
-        return series in self._touched
+        """Marked and not built since: a batch touching it needs no new mark."""
+        return series in self._touched and series not in self._unmarked
 
     def due(self, now: float | None = None) -> list[Series]:
         """Series quiet long enough, taken out (put them back if their build fails)."""
@@ -166,6 +190,7 @@ class QuietSeries:
         ready = [one for one, touched in self._touched.items() if at - touched >= self._quiet]
         for one in ready:
             del self._touched[one]
+            self._unmarked.discard(one)
         return ready
 
     def next_due(self, now: float | None = None) -> float | None:
@@ -178,3 +203,4 @@ class QuietSeries:
 
     def forget(self) -> None:
         self._touched.clear()
+        self._unmarked.clear()

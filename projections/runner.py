@@ -148,6 +148,7 @@ class Projector:
         self._pool: ThreadPoolExecutor | None = None
         self._written = LastWritten({t: REPLACING_KEYS[t] for t in LEVEL_TABLES})
         self._clock = documents.DocumentClock()
+        self._clock_loaded = False
         #: Series waiting for their /metadata document. Only a projector that
         #: owns every partition builds documents: its one clock orders every
         #: mark and document (in a group, marks alone keep readers right).
@@ -215,6 +216,7 @@ class Projector:
         with self._cond:
             self._loaded = False
             self._written.forget()
+            self._clock_loaded = False
             if self._quiet is not None:
                 self._quiet.forget()  # replay built every document
 
@@ -280,7 +282,7 @@ class Projector:
         quiet = self._quiet
         unmarked = [s for s in touched_series if quiet is None or not quiet.waiting(s)]
         if unmarked:
-            inserts["series_metadata"] = documents.stale_marks(unmarked, self._clock.next())
+            inserts["series_metadata"] = documents.stale_marks(unmarked, self._document_version())
         pool = self._inserter()
         # A study's events sit in one partition; its statistics' version grows
         # with every batch that touches it, under any owner (a new owner's
@@ -326,11 +328,17 @@ class Projector:
         due = self._quiet.due(float("inf") if everything else None)
         if due:
             try:
-                documents.build(self._index, self._suffix, due, self._clock.next())
+                documents.build(self._index, self._suffix, due, self._document_version())
             except BaseException:
-                self._quiet.touch(due)
+                self._quiet.retry(due)
                 raise
         return len(due)
+
+    def _document_version(self) -> int:
+        if not self._clock_loaded:
+            self._clock.at_least(documents.newest_version(self._index, self._suffix))
+            self._clock_loaded = True
+        return self._clock.next()
 
     def _touched_studies(
         self, rows: Rows, records: list[LogRecord]

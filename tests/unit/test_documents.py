@@ -180,10 +180,66 @@ def test_quiet_series_are_due_once_untouched_long_enough() -> None:
     assert sorted(quiet.due(9.0)) == [("S", "B"), ("S", "C")]
 
 
+def test_a_series_whose_build_failed_is_marked_when_next_touched() -> None:
+    quiet = documents.QuietSeries(quiet=0.5)
+    quiet.touch([("S", "A")], now=1.0)
+    assert quiet.waiting(("S", "A"))
+    due = quiet.due(2.0)
+    assert not quiet.waiting(("S", "A"))  # being built: the next touch marks it
+    quiet.retry(due, now=2.0)  # the build may have written some documents
+    assert not quiet.waiting(("S", "A"))
+    assert quiet.due(2.6) == [("S", "A")]  # and it is built again
+    quiet.touch([("S", "A")], now=3.0)  # a batch marked it
+    assert quiet.waiting(("S", "A"))
+
+
+class _FailingBuilds:
+    """The store, with every document build failing until `fail` is cleared."""
+
+    def __init__(self, store: ProjectionStore) -> None:
+        self.store, self.fail = store, True
+
+    def command(self, sql: str, parameters: Any = None) -> None:
+        if self.fail and sql.startswith("INSERT INTO series_metadata"):
+            self.store.command(sql, parameters)  # as if it failed after writing
+            raise RuntimeError("build failed")
+        self.store.command(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_failed_build_leaves_no_document_a_batch_cannot_retire(
+    store: ProjectionStore,
+) -> None:
+    _truncate(store)
+    failing = _FailingBuilds(store)
+    log = OnePartitionLog([instance_event(3, 1, 1, _metadata(1, 0))])
+    projector = Projector(log, failing, batch=10, gather_seconds=0)  # type: ignore[arg-type]
+    try:
+        projector.run_until(log.end())
+        with pytest.raises(RuntimeError):
+            projector.build_documents(everything=True)
+        assert _served(store, "1.2.3", "1.2.3.1") is not None  # written all the same
+        log.records = OnePartitionLog(
+            [instance_event(3, 1, 1, _metadata(1, 0)), instance_event(3, 1, 2, {})]
+        ).records
+        projector.run_until(log.end())
+        assert _served(store, "1.2.3", "1.2.3.1") is None  # the batch marked it
+        failing.fail = False
+        assert projector.build_documents(everything=True) == 1
+        assert _served(store, "1.2.3", "1.2.3.1") == _answer(store, "1.2.3", "1.2.3.1")
+    finally:
+        projector.stop()
+
+
 def test_marks_and_documents_take_increasing_versions() -> None:
     clock = documents.DocumentClock()
     taken = [clock.next() for _ in range(1000)]
     assert taken == sorted(set(taken))
+    ahead = taken[-1] + 10**15  # a table written before the wall clock stepped back
+    clock.at_least(ahead)
+    assert clock.next() > ahead
     series = documents.series_of([{"study_instance_uid": "S", "series_instance_uid": "A"}] * 3)
     marks = documents.stale_marks(series, version=taken[-1])
     assert marks == [
