@@ -121,10 +121,12 @@ def prepared_metadata(
     bases left as BASE_MARK), or None when a series lacks one or a newer batch
     touched it (a stale mark): read list_metadata then. A study's is its live
     series' documents in series order, which is /metadata's order too."""
+    place, params = _place(study_uid, series_uid, None)
     if series_uid is not None:
-        rows = index.query_dicts(_SERIES_DOCUMENT, {"study": study_uid, "series": series_uid})
+        sql = f"SELECT document FROM series_metadata FINAL WHERE {place}"
     else:
-        rows = index.query_dicts(_STUDY_DOCUMENTS, {"study": study_uid})
+        sql = _STUDY_DOCUMENTS
+    rows = index.query_dicts(sql, params)
     found = [str(row["document"]) for row in rows]
     if not found or not all(found):
         return None
@@ -133,10 +135,6 @@ def prepared_metadata(
     return ("[" + ",".join(document[1:-1] for document in found) + "]").encode()
 
 
-_SERIES_DOCUMENT = (
-    "SELECT document FROM series_metadata FINAL"
-    " WHERE study_instance_uid = {study:String} AND series_instance_uid = {series:String}"
-)
 #: Every live series of the study (from instance_member's UIDs, not its
 #: metadata) with its document; '' where it has none.
 _STUDY_DOCUMENTS = (

@@ -31,7 +31,6 @@ from api import frames, pixels, transcode
 from api.catalog import (
     InstanceRow,
     bulk_ranges,
-    list_metadata,
     load_metadata,
     metadata_bytes,
 )
@@ -42,7 +41,7 @@ from api.wado_common import (
     REFUSALS,
     answer,
     base_url,
-    find_prepared,
+    find_metadata,
     find_rows,
     instance_url,
 )
@@ -270,15 +269,13 @@ def _metadata(
 ) -> Response:
     headers: dict[str, str] = {}
     try:
-        if instance is None:
-            document, headers = find_prepared(archive, study, series)
-            if document is not None:
-                chosen = metadata_format(parse_accept(request.headers.get("accept")))
-                if chosen == DICOM_JSON:
-                    return _prepared(document, base_url(archive, request), headers)
-        rows, headers = find_rows(archive, study, series, instance, lister=list_metadata)
-        chosen = metadata_format(parse_accept(request.headers.get("accept")))
+        ranges = parse_accept(request.headers.get("accept"))
+        json = _json_wanted(ranges)
+        document, rows, headers = find_metadata(archive, study, series, instance, prepared=json)
+        chosen = metadata_format(ranges)  # a 406 only once the instances are found
         base = base_url(archive, request)
+        if document is not None:
+            return _prepared(document, base, headers)
         documents = [
             absolute_metadata(metadata_bytes(row, archive.blobs), instance_url(base, row))
             for row in rows
@@ -298,6 +295,13 @@ def _metadata(
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     media = f'multipart/related; type="{DICOM_XML}"; boundary={boundary}'
     return Response(body, media_type=media, headers=headers)
+
+
+def _json_wanted(ranges: list[MediaRange]) -> bool:
+    try:
+        return metadata_format(ranges) == DICOM_JSON
+    except Refusal:
+        return False
 
 
 def _prepared(document: bytes, base: str, headers: dict[str, str]) -> Response:

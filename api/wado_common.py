@@ -3,9 +3,12 @@ instances a URL names, problem responses, and the URLs put in responses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from fastapi import Request, Response
 
-from api.catalog import InstanceRow, Lister, list_instances, prepared_metadata
+from api.catalog import InstanceRow, Lister, list_instances, list_metadata, prepared_metadata
 from api.deps import ArchiveDep
 from api.negotiation import Refusal
 from api.problems import lagging_headers, problem
@@ -14,38 +17,50 @@ from schemas.uids import check_uid
 
 #: Failures answered as problems: NotFound here means a stored object vanished (500).
 REFUSALS = (Refusal, NotFound, Unavailable)
+T = TypeVar("T")
 
 
 def find_rows(
-    archive: ArchiveDep,
-    study: str,
-    series: str | None,
-    instance: str | None,
-    *,
-    lister: Lister = list_instances,
+    archive: ArchiveDep, study: str, series: str | None, instance: str | None
 ) -> tuple[list[InstanceRow], dict[str, str]]:
     """Validate UIDs, wait for read-your-writes, find the instances (or refuse)."""
     study, series, instance = _checked(study, series, instance)
     headers = lagging_headers(archive.read_barrier())
-    try:
-        rows = lister(archive.index, study, series, instance)
-    except Unavailable as exc:
-        raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
+    return _rows(archive, list_instances, (study, series, instance), headers), headers
+
+
+def find_metadata(
+    archive: ArchiveDep, study: str, series: str | None, instance: str | None, *, prepared: bool
+) -> tuple[bytes | None, list[InstanceRow], dict[str, str]]:
+    """find_rows for /metadata: with `prepared`, a study's or series' prepared
+    document when it has one (`catalog.prepared_metadata`), else the rows
+    with their metadata (`catalog.list_metadata`)."""
+    study, series, instance = _checked(study, series, instance)
+    headers = lagging_headers(archive.read_barrier())
+    if prepared and instance is None:
+        document = _reading(lambda: prepared_metadata(archive.index, study, series), headers)
+        if document is not None:
+            return document, [], headers
+    return None, _rows(archive, list_metadata, (study, series, instance), headers), headers
+
+
+def _rows(
+    archive: ArchiveDep,
+    lister: Lister,
+    place: tuple[str, str | None, str | None],
+    headers: dict[str, str],
+) -> list[InstanceRow]:
+    rows = _reading(lambda: lister(archive.index, *place), headers)
     if not rows:
+        _, series, instance = place
         level = "instance" if instance else "series" if series else "study"
         raise Refusal(404, "Not Found", f"no such {level}", headers)
-    return rows, headers
+    return rows
 
 
-def find_prepared(
-    archive: ArchiveDep, study: str, series: str | None
-) -> tuple[bytes | None, dict[str, str]]:
-    """Validate UIDs, wait for read-your-writes, read the study's or series'
-    prepared /metadata (`catalog.prepared_metadata`; None: use find_rows)."""
-    study, series, _ = _checked(study, series, None)
-    headers = lagging_headers(archive.read_barrier())
+def _reading(read: Callable[[], T], headers: dict[str, str]) -> T:
     try:
-        return prepared_metadata(archive.index, study, series), headers
+        return read()
     except Unavailable as exc:
         raise Refusal(503, "Service Unavailable", str(exc), headers) from exc
 

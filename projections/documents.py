@@ -93,16 +93,17 @@ def stale_marks(series: Iterable[Series], version: int) -> list[Row]:
 def build(index: ProjectionStore, suffix: str, series: Iterable[Series], version: int) -> None:
     """Documents for these series, from their live rows now (none for an empty one)."""
     wanted = sorted(set(series))
+    # Studies narrow the key range; the series pairs are a superset, and an
+    # extra document built from current rows is as right as any.
+    sql = build_sql(
+        suffix,
+        "study_instance_uid IN {studies:Array(String)}"
+        " AND series_instance_uid IN {series:Array(String)}",
+    )
     for start in range(0, len(wanted), BUILD_MAX):
         chunk = wanted[start : start + BUILD_MAX]
-        # Studies narrow the key range; the series pairs are a superset, and an
-        # extra document built from current rows is as right as any.
-        where = (
-            "study_instance_uid IN {studies:Array(String)}"
-            " AND series_instance_uid IN {series:Array(String)}"
-        )
         index.command(
-            build_sql(suffix, where),
+            sql,
             {
                 "version": version,
                 "studies": sorted({study for study, _ in chunk}),
@@ -121,12 +122,10 @@ def build_all(index: ProjectionStore, suffix: str, version: int) -> None:
             " ORDER BY study_instance_uid"
         )
     ]
+    sql = build_sql(suffix, "study_instance_uid BETWEEN {low:String} AND {high:String}")
     for start in range(0, len(studies), REPLAY_STUDIES):
         chunk = studies[start : start + REPLAY_STUDIES]
-        where = "study_instance_uid BETWEEN {low:String} AND {high:String}"
-        index.command(
-            build_sql(suffix, where), {"version": version, "low": chunk[0], "high": chunk[-1]}
-        )
+        index.command(sql, {"version": version, "low": chunk[0], "high": chunk[-1]})
 
 
 class DocumentClock:
