@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from infra.migrations import migrate
 from infra.ports import BlobStore, EventLog, Position, ProjectionStore, covers
-from projections import documents, members, stats
+from projections import documents, members, replay_sql, stats
 from projections.runner import Projector
 
 log = logging.getLogger("chronicle.replay")
@@ -50,15 +49,18 @@ def replay(
     index: ProjectionStore,
     blobs: BlobStore | None = None,
     *,
-    batch: int = 5000,
+    batch: int = 20_000,
     progress: Callable[[int], None] | None = None,
     merge: bool = True,
+    in_sql: bool = True,
 ) -> int:
     """Rebuild the projection tables from the whole log; return events applied.
 
     `merge`: merge each fresh table to one part before the swap (the embedded
     index). A ClickHouse server merges in the background of its own; there
-    OPTIMIZE ... FINAL would rewrite every table whole."""
+    OPTIMIZE ... FINAL would rewrite every table whole. `in_sql`: make the
+    rows of plain events in SQL (projections/replay_sql.py); without it every
+    event goes through the Python projector (what the tests compare with)."""
     for table in TABLES:
         index.command(f"DROP TABLE IF EXISTS {table}{SUFFIX}")
     migrate(index, suffix=SUFFIX)
@@ -74,16 +76,23 @@ def replay(
         if progress:
             progress(n)
 
+    replay_sql.prepare(index, SUFFIX)
     try:
-        _pipelined(event_log, projector, target, batch, counted)
+        position = _project(event_log, index, projector, target, batch, counted, in_sql)
     finally:
         projector.stop()  # its insert threads
+        replay_sql.drop(index, SUFFIX)
+    index.insert(
+        f"checkpoint{SUFFIX}",
+        [(PROJECTOR, p, o, o) for p, o in sorted(position.items())],
+        ("projector", "partition", "next_offset", "version"),
+    )
     # instance_member is the instance table again, ordered by place: copied in
     # SQL once (cheaper than a Python row per event); batches never looked
     # back at earlier places, so the places instances left are hidden now.
     index.command(members.FILL_SQL.format(s=SUFFIX))
     index.command(members.TOMBSTONES_SQL.format(s=SUFFIX))
-    stats.rebuild(index, SUFFIX, version=sum(projector.checkpoint().values()))
+    stats.rebuild(index, SUFFIX, version=sum(position.values()))
     index.command(
         f"INSERT INTO checkpoint{SUFFIX} (projector, partition, next_offset, version) "
         "SELECT projector, partition, next_offset, version FROM checkpoint FINAL "
@@ -111,31 +120,34 @@ def replay(
     return applied
 
 
-def _pipelined(
+def _project(
     event_log: EventLog,
+    index: ProjectionStore,
     projector: Projector,
     target: Position,
     batch: int,
     progress: Callable[[int], None],
-) -> None:
-    """Project to `target`, turning one batch's events into rows while the
-    previous batch's rows are inserted: the Python per event (decode, rows) and
-    chDB's inserts, about half a replay each, overlap. Safe here only: replay
-    writes fresh tables nobody reads before the swap, with no statistics per
-    batch, and a failed replay starts again from nothing."""
-    position = projector.checkpoint()
-    with ThreadPoolExecutor(1, thread_name_prefix="replay-writer") as writer:
-        pending: Future[None] | None = None
-        while not covers(position, target):
-            records = event_log.read(position, batch)
-            if not records:
-                break
-            rows, advanced = projector.rows_of(records)
+    in_sql: bool,
+) -> Position:
+    """Project to `target` a chunk at a time: the plain events' rows in SQL
+    (projections/replay_sql.py), the others by the Python projector; return
+    the position reached. Safe here only: replay writes fresh tables nobody
+    reads before the swap, and a failed replay starts again from nothing."""
+    position: dict[int, int] = {}
+    while not covers(position, target):
+        records = event_log.read(position, batch)
+        if not records:
+            break
+        left = replay_sql.project(index, SUFFIX, records) if in_sql else records
+        if left:
+            # Rows of the same keys went in by SQL since: this projector's
+            # memory of what it wrote last no longer tells what the table holds.
+            projector.forget_written()
+            rows, advanced = projector.rows_of(left)
             rows.tables.pop("instance_member", None)  # filled from the instance table
-            if pending is not None:
-                pending.result()
-            pending = writer.submit(projector.write, records, rows, position, advanced)
-            position = {**position, **advanced}
-            progress(len(records))
-        if pending is not None:
-            pending.result()
+            projector.write(left, rows, position, advanced)
+        for record in records:
+            if record.offset >= position.get(record.partition, 0):
+                position[record.partition] = record.offset + 1
+        progress(len(records))
+    return position

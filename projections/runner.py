@@ -220,6 +220,11 @@ class Projector:
             if self._quiet is not None:
                 self._quiet.forget()  # replay built every document
 
+    def forget_written(self) -> None:
+        """Rows were written to the tables by other means (replay's SQL): what
+        this projector wrote last is no longer what the tables say."""
+        self._written.forget()
+
     def lag(self) -> int:
         end = self._log.end()
         position = self.checkpoint()
