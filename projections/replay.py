@@ -17,9 +17,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from infra.clickhouse import ClickHouseStore
 from infra.migrations import migrate
 from infra.ports import BlobStore, EventLog, Position, ProjectionStore, covers
+from infra.sqlite_log import PARTITION, SqliteEventLog
 from projections import documents, members, replay_sql, stats
 from projections.runner import Projector
 
@@ -78,7 +82,11 @@ def replay(
 
     replay_sql.prepare(index, SUFFIX)
     try:
-        position = _project(event_log, index, projector, target, batch, counted, in_sql)
+        local = _local_sqlite(event_log, index) if in_sql else None
+        if local is not None:
+            position = _project_local(event_log, index, projector, target, batch, counted, local)
+        else:
+            position = _project(event_log, index, projector, target, batch, counted, in_sql)
     finally:
         projector.stop()  # its insert threads
         replay_sql.drop(index, SUFFIX)
@@ -105,8 +113,8 @@ def replay(
     # took the CPU (bench/query.py at 10k, docs/performance.md).
     if merge:
         started = time.perf_counter()
-        for table in TABLES:
-            index.command(f"OPTIMIZE TABLE {table}{SUFFIX} FINAL")
+        with ThreadPoolExecutor(replay_sql.PARALLEL, thread_name_prefix="replay-merge") as pool:
+            list(pool.map(index.command, [f"OPTIMIZE TABLE {t}{SUFFIX} FINAL" for t in TABLES]))
         log.info("merged the fresh tables in %.1f s", time.perf_counter() - started)
     # From instance_member's live rows, merged by now (its FINAL then costs
     # little); series_metadata's part per statement is merged with the rest.
@@ -151,3 +159,38 @@ def _project(
                 position[record.partition] = record.offset + 1
         progress(len(records))
     return position
+
+
+def _local_sqlite(event_log: EventLog, index: ProjectionStore) -> Path | None:
+    """The embedded log's file when chDB in this process can read it itself."""
+    embedded = isinstance(index, ClickHouseStore) and index.url.startswith("chdb:")
+    return event_log.path if embedded and isinstance(event_log, SqliteEventLog) else None
+
+
+def _project_local(
+    event_log: EventLog,
+    index: ProjectionStore,
+    projector: Projector,
+    target: Position,
+    batch: int,
+    progress: Callable[[int], None],
+    path: Path,
+) -> Position:
+    """`_project` for the embedded SQLite log and index: chDB reads each chunk
+    from the log file itself; Python reads only the events left to it."""
+    end = target.get(PARTITION, 0)
+    for first in range(0, end, batch):
+        stop = min(first + batch, end)
+        staged = replay_sql.stage_sqlite(index, SUFFIX, path, first, stop)
+        left = replay_sql.make_rows(index, SUFFIX)
+        if left:
+            lowest = min(offset for _, offset in left)
+            highest = max(offset for _, offset in left)
+            span = event_log.read({PARTITION: lowest}, highest - lowest + 1)
+            records = [record for record in span if (record.partition, record.offset) in left]
+            projector.forget_written()
+            rows, advanced = projector.rows_of(records)
+            rows.tables.pop("instance_member", None)
+            projector.write(records, rows, {PARTITION: first}, advanced)
+        progress(staged)
+    return {PARTITION: end} if end else {}

@@ -21,6 +21,8 @@ escaped) nor as a DICOM JSON key.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from infra.ports import LogRecord, ProjectionStore
 from projections import rows as r
@@ -28,6 +30,9 @@ from schemas.events import InstanceStored
 
 #: Blocks a chunk is staged in (event_raw's readers share them out).
 BLOCKS = 4
+
+#: Statements run side by side where they are independent (two cores here).
+PARALLEL = 2
 
 #: Staging tables, dropped at the end of a replay.
 STAGING = ("event_raw", "event_parsed")
@@ -334,11 +339,8 @@ def drop(index: ProjectionStore, suffix: str) -> None:
         index.command(f"DROP TABLE IF EXISTS {table}{suffix}")
 
 
-def project(index: ProjectionStore, suffix: str, records: Sequence[LogRecord]) -> list[LogRecord]:
-    """Insert the rows of the plain events among `records`; return the others,
-    in log order, for the Python projector."""
-    if not records:
-        return []
+def stage(index: ProjectionStore, suffix: str, records: Sequence[LogRecord]) -> None:
+    """Put these records in event_raw, alone."""
     for table in STAGING:
         index.command(f"TRUNCATE TABLE {table}{suffix}")
     # One block per insert, and a Memory table's blocks are what its readers
@@ -350,13 +352,47 @@ def project(index: ProjectionStore, suffix: str, records: Sequence[LogRecord]) -
             [(one.partition, one.offset, one.value) for one in records[first : first + step]],
             ("partition", "offset", "value"),
         )
+
+
+def stage_sqlite(index: ProjectionStore, suffix: str, path: Path, first: int, stop: int) -> int:
+    """Put the events at offsets [first, stop) of the embedded SQLite log in
+    event_raw, alone, read by chDB itself; return how many there are. (Python
+    reading and encoding them again was a fifth of a replay.)"""
+    for table in STAGING:
+        index.command(f"TRUNCATE TABLE {table}{suffix}")
+    block = max(1, (stop - first) // BLOCKS)
+    index.command(
+        f"INSERT INTO event_raw{suffix} (partition, offset, value)"
+        f" SELECT 0, assumeNotNull(log_offset), assumeNotNull(value)"
+        f" FROM sqlite({_literal(str(path))}, 'event_log')"
+        f" WHERE log_offset >= {int(first)} AND log_offset < {int(stop)}"
+        f" SETTINGS max_block_size = {block}, min_insert_block_size_rows = 0,"
+        " min_insert_block_size_bytes = 0"
+    )
+    ((count,),) = index.query(f"SELECT count() FROM event_raw{suffix}")
+    return int(count)
+
+
+def make_rows(index: ProjectionStore, suffix: str) -> set[tuple[int, int]]:
+    """Insert the rows of the plain events staged; return (partition, offset)
+    of the others, for the Python projector."""
     index.command(parse_sql(suffix))
-    for table in TABLES:
-        index.command(insert_sql(table, suffix))
-    left = {
+    # Each insert sorts and writes its part on one thread: two at a time.
+    with ThreadPoolExecutor(PARALLEL, thread_name_prefix="replay-insert") as pool:
+        list(pool.map(index.command, [insert_sql(table, suffix) for table in TABLES]))
+    return {
         (int(p), int(o))
         for p, o in index.query(
             f"SELECT partition, offset FROM event_parsed{suffix} WHERE NOT plain"
         )
     }
+
+
+def project(index: ProjectionStore, suffix: str, records: Sequence[LogRecord]) -> list[LogRecord]:
+    """Insert the rows of the plain events among `records`; return the others,
+    in log order, for the Python projector."""
+    if not records:
+        return []
+    stage(index, suffix, records)
+    left = make_rows(index, suffix)
     return [record for record in records if (record.partition, record.offset) in left]
