@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +290,11 @@ def test_an_event_sql_cannot_make_goes_to_python(store: ProjectionStore) -> None
         replay_sql.drop(store, "_t")
         for table in replay_sql.TABLES:
             store.command(f"DROP TABLE IF EXISTS {table}_t")
+
+
+def test_the_metadata_is_followed_by_the_frames_in_every_encoded_event() -> None:
+    """replay_sql copies the metadata from `"metadata":` to `,"frames":`: a field
+    put between them would be copied into every instance's metadata."""
+    names = [field.name for field in fields(InstanceStored)]
+    at = names.index("metadata")
+    assert names[at : at + 3] == ["metadata", "frames", "frames_note"]
