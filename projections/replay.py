@@ -22,7 +22,7 @@ from pathlib import Path
 
 from infra.clickhouse import ClickHouseStore
 from infra.migrations import migrate
-from infra.ports import BlobStore, EventLog, Position, ProjectionStore, covers
+from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
 from infra.sqlite_log import PARTITION, SqliteEventLog
 from projections import documents, members, replay_sql, stats
 from projections.runner import Projector
@@ -148,12 +148,7 @@ def _project(
             break
         left = replay_sql.project(index, SUFFIX, records) if in_sql else records
         if left:
-            # Rows of the same keys went in by SQL since: this projector's
-            # memory of what it wrote last no longer tells what the table holds.
-            projector.forget_written()
-            rows, advanced = projector.rows_of(left)
-            rows.tables.pop("instance_member", None)  # filled from the instance table
-            projector.write(left, rows, position, advanced)
+            _in_python(projector, left, position)
         for record in records:
             if record.offset >= position.get(record.partition, 0):
                 position[record.partition] = record.offset + 1
@@ -188,9 +183,16 @@ def _project_local(
             highest = max(offset for _, offset in left)
             span = event_log.read({PARTITION: lowest}, highest - lowest + 1)
             records = [record for record in span if (record.partition, record.offset) in left]
-            projector.forget_written()
-            rows, advanced = projector.rows_of(records)
-            rows.tables.pop("instance_member", None)
-            projector.write(records, rows, {PARTITION: first}, advanced)
+            _in_python(projector, records, {PARTITION: first})
         progress(staged)
     return {PARTITION: end} if end else {}
+
+
+def _in_python(projector: Projector, records: list[LogRecord], start: Position) -> None:
+    """The rows of the events SQL left, by the Python projector."""
+    # Rows of the same keys went in by SQL since: this projector's memory of
+    # what it wrote last no longer tells what the table holds.
+    projector.forget_written()
+    rows, advanced = projector.rows_of(records)
+    rows.tables.pop("instance_member", None)  # filled from the instance table
+    projector.write(records, rows, start, advanced)

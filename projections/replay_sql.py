@@ -54,19 +54,19 @@ _ENVELOPE = (
 
 #: column -> tag, read as rows.text reads it.
 _TEXT = {
-    "birth_date": r._BIRTH_DATE,
-    "birth_time": r._BIRTH_TIME,
-    "sex": r._SEX,
-    "charset": r._CHARSET,
+    "patient_birth_date": r._BIRTH_DATE,
+    "patient_birth_time": r._BIRTH_TIME,
+    "patient_sex": r._SEX,
+    "specific_character_set": r._CHARSET,
     "study_date": r._STUDY_DATE,
     "study_time_text": r._STUDY_TIME,
-    "accession": r._ACCESSION,
+    "accession_number": r._ACCESSION,
     "study_id": r._STUDY_ID,
     "study_description": r._STUDY_DESCRIPTION,
     "modality": r._MODALITY,
     "series_description": r._SERIES_DESCRIPTION,
-    "pps_date": r._PPS_START_DATE,
-    "pps_time": r._PPS_START_TIME,
+    "performed_procedure_step_start_date": r._PPS_START_DATE,
+    "performed_procedure_step_start_time": r._PPS_START_TIME,
 }
 #: column -> (tag, digits a plain value may have, signed): rows.integer.
 _INTEGER = {
@@ -78,7 +78,15 @@ _INTEGER = {
     "number_of_frames": (r._NUMBER_OF_FRAMES, 9, False),
 }
 #: column -> tag: rows.person_name, then rows.normalise_name.
-_NAMES = {"patient_name": r._PATIENT_NAME, "referring": r._REFERRING}
+_NAMES = {
+    "patient_name": r._PATIENT_NAME,
+    "referring_physician_name": r._REFERRING,
+}
+#: The patient's columns, in the patient and the study table.
+_PATIENT = (
+    "patient_id", "issuer_of_patient_id", "patient_name", "patient_name_norm",
+    "patient_birth_date", "patient_birth_time", "patient_sex", "specific_character_set",
+)  # fmt: skip
 _TAGS = sorted({*_TEXT.values(), *(t for t, _, _ in _INTEGER.values()), *_NAMES.values(),
                 r._REQUEST_ATTRIBUTES})  # fmt: skip
 
@@ -171,7 +179,8 @@ SELECT partition, offset, {" AND ".join(plain)} AS plain,
     e.payload.source.user AS user, e.payload.frames_note AS frames_note,
     metadata, if(frames_raw = 'null', '', frames_raw) AS frames,
     {", ".join(columns)},
-    lower(patient_name) AS patient_name_norm, lower(referring) AS referring_norm,
+    lower(patient_name) AS patient_name_norm,
+    lower(referring_physician_name) AS referring_physician_name_norm,
     if(study_time_text = '', '', concat(
         substring(concat(extract(study_time_text, '^([0-9]*)'), '000000'), 1, 6), '.',
         substring(concat(extract(study_time_text, '\\\\.([0-9]*)$'), '000000'), 1, 6)))
@@ -192,127 +201,43 @@ FROM (
 """
 
 
-#: table -> (its columns, the event_parsed expression of each).
-_TABLES: dict[str, dict[str, str]] = {
-    "patient": {
-        "patient_id": "patient_id",
-        "issuer_of_patient_id": "issuer_of_patient_id",
-        "patient_name": "patient_name",
-        "patient_name_norm": "patient_name_norm",
-        "patient_birth_date": "birth_date",
-        "patient_birth_time": "birth_time",
-        "patient_sex": "sex",
-        "specific_character_set": "charset",
-        "version": "offset",
-    },
-    "study": {
-        "study_instance_uid": "study_instance_uid",
-        "patient_id": "patient_id",
-        "issuer_of_patient_id": "issuer_of_patient_id",
-        "patient_name": "patient_name",
-        "patient_name_norm": "patient_name_norm",
-        "patient_birth_date": "birth_date",
-        "patient_birth_time": "birth_time",
-        "patient_sex": "sex",
-        "study_date": "study_date",
-        "study_time": "study_time",
-        "accession_number": "accession",
-        "study_id": "study_id",
-        "referring_physician_name": "referring",
-        "referring_physician_name_norm": "referring_norm",
-        "study_description": "study_description",
-        "specific_character_set": "charset",
-        "version": "offset",
-    },
-    "series": {
-        "series_instance_uid": "series_instance_uid",
-        "study_instance_uid": "study_instance_uid",
-        "modality": "modality",
-        "series_number": "series_number",
-        "series_description": "series_description",
-        "performed_procedure_step_start_date": "pps_date",
-        "performed_procedure_step_start_time": "pps_time",
-        "request_attributes": "''",
-        "version": "offset",
-    },
-    "instance": {
-        **{
-            c: c
-            for c in (
-                "sop_instance_uid",
-                "sop_class_uid",
-                "series_instance_uid",
-                "study_instance_uid",
-                "patient_id",
-                "issuer_of_patient_id",
-                "modality",
-                "instance_number",
-                "rows",
-                "columns",
-                "bits_allocated",
-                "number_of_frames",
-                "transfer_syntax_uid",
-                "blob_key",
-                "blob_size",
-                "dataset_sha256",
-                "dataset_offset",
-                "frames",
-                "frames_note",
-                "metadata",
-            )
-        },  # fmt: skip
-        "sidecar_key": "''",
-        "received_at": "occurred_at",
-        "hidden": "0",
-        "version": "offset",
-    },
-    "receipt": {
-        **{
-            c: c
-            for c in (
-                "partition",
-                "offset",
-                "event_id",
-                "occurred_at",
-                "site",
-                "node",
-                "protocol",
-                "calling_ae",
-                "called_ae",
-                "peer",
-                "user",
-                "sop_instance_uid",
-                "study_instance_uid",
-                "dataset_sha256",
-                "blob_key",
-            )
-        },  # fmt: skip
-        "version": "offset",
-    },
-    "receipt_by_sop": {
-        **{
-            c: c
-            for c in (
-                "sop_instance_uid",
-                "dataset_sha256",
-                "partition",
-                "offset",
-                "study_instance_uid",
-                "series_instance_uid",
-                "sop_class_uid",
-                "blob_key",
-                "site",
-                "node",
-                "protocol",
-                "calling_ae",
-                "called_ae",
-                "peer",
-                "occurred_at",
-            )
-        },  # fmt: skip
-        "version": "offset",
-    },
-}
+def _columns(*same: str, **made: str) -> dict[str, str]:
+    """A table's columns: those event_parsed has by the same name, those made
+    here from an expression, and the version (the log offset)."""
+    return {**{column: column for column in same}, **made, "version": "offset"}
+
+
+#: table -> its columns and the event_parsed expression of each.
+_TABLES = {
+    "patient": _columns(*_PATIENT),
+    "study": _columns(
+        "study_instance_uid", *_PATIENT, "study_date", "study_time", "accession_number",
+        "study_id", "referring_physician_name", "referring_physician_name_norm",
+        "study_description",
+    ),
+    "series": _columns(
+        "series_instance_uid", "study_instance_uid", "modality", "series_number",
+        "series_description", "performed_procedure_step_start_date",
+        "performed_procedure_step_start_time", request_attributes="''",
+    ),
+    "instance": _columns(
+        "sop_instance_uid", "sop_class_uid", "series_instance_uid", "study_instance_uid",
+        "patient_id", "issuer_of_patient_id", "modality", "instance_number", "rows", "columns",
+        "bits_allocated", "number_of_frames", "transfer_syntax_uid", "blob_key", "blob_size",
+        "dataset_sha256", "dataset_offset", "frames", "frames_note", "metadata",
+        sidecar_key="''", received_at="occurred_at", hidden="0",
+    ),
+    "receipt": _columns(
+        "partition", "offset", "event_id", "occurred_at", "site", "node", "protocol",
+        "calling_ae", "called_ae", "peer", "user", "sop_instance_uid", "study_instance_uid",
+        "dataset_sha256", "blob_key",
+    ),
+    "receipt_by_sop": _columns(
+        "sop_instance_uid", "dataset_sha256", "partition", "offset", "study_instance_uid",
+        "series_instance_uid", "sop_class_uid", "blob_key", "site", "node", "protocol",
+        "calling_ae", "called_ae", "peer", "occurred_at",
+    ),
+}  # fmt: skip
 
 TABLES = tuple(_TABLES)
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from infra.factory import open_projection_store
 from infra.migrations import migrate
-from infra.ports import EventLog, LogRecord, Position, ProjectionStore
+from infra.ports import EventLog, ProjectionStore
 from infra.sqlite_log import SqliteEventLog
 from projections import replay_sql
 from projections.replay import TABLES, replay
@@ -36,21 +36,10 @@ from schemas.events import (
     Source,
     StorageCommitmentRequested,
 )
+from tests.unit.test_members import OnePartitionLog
 
 SHA = "cd" * 32
 MAKE_ROWS = replay_sql.make_rows
-
-
-class OnePartitionLog:
-    def __init__(self, values: list[bytes]) -> None:
-        self.records = [LogRecord(0, n, "k", v) for n, v in enumerate(values)]
-
-    def read(self, start: Position, max_records: int = 1000) -> list[LogRecord]:
-        first = start.get(0, 0)
-        return self.records[first : first + max_records]
-
-    def end(self) -> Position:
-        return {0: len(self.records)}
 
 
 @pytest.fixture(scope="module")
