@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -179,6 +180,7 @@ def _serve_front_ends(
         config = uvicorn.Config(
             create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
+        _settle_collector()
         _Server.run(config, sockets, http)
     finally:
         if process == "worker":
@@ -188,6 +190,22 @@ def _serve_front_ends(
         if process == "worker":
             archive.close()
     return 0
+
+
+#: Young collections every 50,000 allocations instead of 700: a study search's
+#: answer is tens of thousands of small dicts and lists, and with the default
+#: the collector ran dozens of times per answer (orjson parsing 600 KB of DICOM
+#: JSON: 18 ms with the defaults beside a large heap, 4 ms with these).
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def _settle_collector() -> None:
+    """Leave what start-up made (modules, pydicom's dictionaries, the app) out of
+    Python's cycle collection: a full collection walks every tracked object, and
+    a serving process's own caches are enough for it to walk."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 #: How long the owner waits for its workers to listen before it serves anyway.

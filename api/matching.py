@@ -15,7 +15,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import orjson
 from pydicom import DataElement, Dataset
@@ -47,6 +47,7 @@ from api.query_sql import (
     source_alias,
     unpack_answer,
 )
+from api.study_memory import memory_for
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 
@@ -248,38 +249,45 @@ def search_page(index: ProjectionStore, query: Query) -> Page:
     aggregates (and stored metadata if needed) of just those entities.
 
     The embedded index keeps the whole answer until its next write (the DICOM
-    JSON of a 600-study page took ~60 ms to build again from cached rows);
-    each call gets its own top-level objects."""
+    JSON of a 600-study page took ~60 ms to build again from cached rows), as
+    its JSON text: a kept page of dicts is thousands of objects that Python's
+    cycle collector scans on every full collection (256 kept pages of a
+    million-instance archive made each one a pause of ~0.3-1 s); a bytes
+    object is one it never looks into. Each call gets its own objects."""
     memo = getattr(index, "memo", None)
     if memo is None:
         return _search_page(index, query)
-    rows = memo(("search_page", query), lambda: _page_rows(index, query), _weigh)
-    return Page(rows[1:], bool(rows[0]["more"]))
+    built: list[Page] = []
 
+    def build() -> list[dict[str, Any]]:
+        page = _search_page(index, query)
+        built.append(page)
+        return [{"more": page.more, "json": orjson.dumps(page.results)}]
 
-def _page_rows(index: ProjectionStore, query: Query) -> list[dict[str, Any]]:
-    page = _search_page(index, query)
-    return [{"more": page.more}, *page.results]
+    kept = memo(("search_page", query), build, _weigh)
+    if built:
+        return built[0]
+    return Page(orjson.loads(kept[0]["json"]), bool(kept[0]["more"]))
 
 
 def _weigh(rows: list[dict[str, Any]]) -> int:
-    """Bytes the kept answer holds: as Python objects about 4x its JSON."""
-    return sum(4 * len(orjson.dumps(row)) + 64 for row in rows)
+    return sum(len(row["json"]) + 64 for row in rows)
 
 
 def _search_page(index: ProjectionStore, query: Query) -> Page:
     # Study searches check liveness in their own statement; the other levels
     # skip their live-instance semi-join while no entity is left empty.
+    columns, tags = return_keys(query)
+    getters = answer_getters(query, columns)
+    with_metadata = bool(tags) or query.include_all
+    if query.level is Level.STUDY and not with_metadata:
+        rows, more = study_rows(index, query)
+        return Page(_study_answers(index, rows, columns, getters, query.dimse), more)
     all_live = query.level in (Level.PATIENT, Level.SERIES) and _all_live(index)
     sql, params = search_sql(query, all_live=all_live)
     rows = index.query_dicts(sql, params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
-    columns, tags = return_keys(query)
-    getters = [(_TAG[k], _getter(k, query)) for k in columns]
-    with_metadata = bool(tags) or query.include_all
-    if query.level is Level.STUDY and not with_metadata:
-        return Page(_study_answers(index, rows, columns, getters, query.dimse), more)
     for row in rows:
         unpack_answer(row)
     extra = _page_extra(index, query, rows, with_metadata) if rows else {}
@@ -293,6 +301,23 @@ def _search_page(index: ProjectionStore, query: Query) -> Page:
         picked |= {t: meta[t] if t in meta else _empty(t) for t in tags if t in meta or query.dimse}
         results.append(dict(sorted((picked | obj).items())))
     return Page(results, more)
+
+
+def answer_getters(query: Query, columns: list[str]) -> list[tuple[str, Getter]]:
+    """(tag, how it is read from a page row) for each attribute answered from columns."""
+    return [(_TAG[k], _getter(k, query)) for k in columns]
+
+
+def study_rows(index: ProjectionStore, query: Query) -> tuple[list[dict[str, Any]], bool]:
+    """A study search's page rows (packed answer, version, aggregates) and whether
+    more follow: from the process's study memory, or by SQL (api.study_memory)."""
+    memory = memory_for(index)
+    found = memory.search(query) if memory is not None else None
+    if found is not None:
+        return found
+    sql, params = search_sql(query)
+    rows = index.query_dicts(sql, params)
+    return rows[: query.limit], len(rows) > query.limit
 
 
 def _study_answers(
@@ -312,26 +337,38 @@ def _study_answers(
     packed attributes (which begin with the Study Instance UID) key it, so a kept
     answer is found without unpacking them."""
     shape = (tuple(columns), dimse)
+
+    def make(n: int) -> dict[str, Any]:
+        unpack_answer(rows[n])
+        return dict(sorted((tag, get(rows[n])) for tag, get in getters))
+
+    keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
+    return [dict(obj) for obj in kept_answers(index, keys, make)]
+
+
+def kept_answers(
+    index: ProjectionStore, keys: list[tuple[Any, ...]], make: Callable[[int], T]
+) -> list[T]:
+    """The store's kept study answers under `keys`; `make(n)` makes the n-th
+    where none is kept (and it is kept). One lock for the page's lookups."""
     kept = _rendered(index)
-    results = []
-    for row in rows:
-        key = (shape, row["st__answer"], row["st__version"])
-        with _RENDERED_LOCK:
-            obj = kept.get(key)
-            if obj is not None:
+    with _RENDERED_LOCK:
+        found = [kept.get(key) for key in keys]
+        for key, answer in zip(keys, found, strict=True):
+            if answer is not None:
                 kept.move_to_end(key)
-        if obj is None:
-            unpack_answer(row)
-            obj = dict(sorted((tag, get(row)) for tag, get in getters))
-            with _RENDERED_LOCK:
-                kept[key] = obj
-                if len(kept) > RENDERED_MAX:
-                    kept.popitem(last=False)
-        results.append(dict(obj))
-    return results
+    missing = {n: make(n) for n, answer in enumerate(found) if answer is None}
+    if missing:
+        with _RENDERED_LOCK:
+            for n, answer in missing.items():
+                kept[keys[n]] = found[n] = answer
+            while len(kept) > RENDERED_MAX:
+                kept.popitem(last=False)
+    return cast(list[T], found)
 
 
-Rendered = OrderedDict[tuple[Any, ...], dict[str, Any]]
+T = TypeVar("T")
+Rendered = OrderedDict[tuple[Any, ...], Any]
 
 
 def _rendered(index: ProjectionStore) -> Rendered:
@@ -343,11 +380,12 @@ def _rendered(index: ProjectionStore) -> Rendered:
 
 
 #: Per store, least recently used first: rendered study answers by (return
-#: keys, DIMSE?, packed attributes, version of the study's statistics row). An
-#: answer is ~5-7 KB as Python objects: 10,000 (every study of a 1M-instance
-#: archive) hold ~60 MiB.
+#: keys, DIMSE? or the base of JSON text, packed attributes, version of the
+#: study's statistics row). An answer is ~5-7 KB as Python objects (C-FIND,
+#: multipart XML) and ~1 KB as QIDO-RS JSON text: 10,000 of each (every study of
+#: a 1M-instance archive) hold ~70 MiB.
 _RENDERED: weakref.WeakKeyDictionary[Any, Rendered] = weakref.WeakKeyDictionary()
-RENDERED_MAX = 10_000
+RENDERED_MAX = 20_000
 _RENDERED_LOCK = threading.Lock()
 
 

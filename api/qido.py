@@ -20,7 +20,8 @@ from api.deps import ArchiveDep
 from api.matching import parse_qido, search_page
 from api.negotiation import MediaRange, first_offer, parse_accept, related_type
 from api.problems import lagging_headers, problem
-from api.query_model import Level
+from api.query_model import Level, Query
+from api.study_json import absolute_retrieve_url, search_studies_json
 from infra.errors import Invalid, Unavailable
 from infra.ports import ProjectionStore
 from infra.settings import Settings
@@ -100,6 +101,14 @@ def _search(
     except Invalid as exc:
         return problem(400, "Bad Request", str(exc))
     fresh = archive.read_barrier()
+    if reply == "json" and level is Level.STUDY:
+        return _study_json(request, archive, query, fresh)
+    return _answer(request, archive, query, fresh, reply)
+
+
+def _answer(
+    request: Request, archive: Searchable, query: Query, fresh: bool, reply: str
+) -> Response:
     try:
         page = search_page(archive.index, query)
     except Invalid as exc:
@@ -108,12 +117,11 @@ def _search(
         return problem(500, "Internal Server Error", str(exc))
     except Unavailable as exc:
         return problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
-    warnings = [w for w in (lagging_headers(fresh).get("Warning"), page.more and MORE_RESULTS) if w]
-    headers = {"Warning": ", ".join(warnings)} if warnings else {}
+    headers = _warnings(fresh, page.more)
     if not page.results:
         return Response(status_code=204, headers=headers)
     base = dicomweb_base(request, archive.settings)
-    results = [_absolute_retrieve_url(obj, base) for obj in page.results]
+    results = [absolute_retrieve_url(obj, base) for obj in page.results]
     if reply == "json":
         return Response(orjson.dumps(results), media_type=DICOM_JSON, headers=headers)
     boundary = uuid.uuid4().hex
@@ -124,6 +132,30 @@ def _search(
             "Content-Type": f'multipart/related; type="{DICOM_XML}"; boundary={boundary}',
         },
     )
+
+
+def _study_json(request: Request, archive: Searchable, query: Query, fresh: bool) -> Response:
+    """A study search answered in DICOM JSON from kept JSON text (api.study_json);
+    one that needs stored metadata takes the general path."""
+    base = dicomweb_base(request, archive.settings)
+    try:
+        page = search_studies_json(archive.index, query, base)
+        if page is None:
+            return _answer(request, archive, query, fresh, "json")
+    except Invalid as exc:
+        log.exception("QIDO-RS search failed: %s", request.url)
+        return problem(500, "Internal Server Error", str(exc))
+    except Unavailable as exc:
+        return problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
+    headers = _warnings(fresh, page.more)
+    if not page.matches:
+        return Response(status_code=204, headers=headers)
+    return Response(page.body, media_type=DICOM_JSON, headers=headers)
+
+
+def _warnings(fresh: bool, more: bool) -> dict[str, str]:
+    warnings = [w for w in (lagging_headers(fresh).get("Warning"), more and MORE_RESULTS) if w]
+    return {"Warning": ", ".join(warnings)} if warnings else {}
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -143,13 +175,6 @@ def dicomweb_base(request: Request, settings: Settings) -> str:
     """The public DICOMweb root: --public-url behind a proxy, else the request's base."""
     root = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
     return f"{root}/dicomweb"
-
-
-def _absolute_retrieve_url(obj: dict[str, Any], base: str) -> dict[str, Any]:
-    url = obj.get("00081190")
-    if url and url.get("Value"):
-        obj["00081190"] = {"vr": "UR", "Value": [f"{base}/{url['Value'][0]}"]}
-    return obj
 
 
 def _multipart_xml(results: list[dict[str, Any]], boundary: str) -> bytes:

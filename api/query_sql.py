@@ -56,7 +56,9 @@ def _tm_sql(column: str) -> str:
 
 
 def _universal(values: list[str]) -> bool:
-    return any(set(v) == {"*"} for v in values)
+    """'*' among the values, or no value at all (only spaces and separators: DICOM
+    pads with spaces, so '  ' is an empty value, which is universal matching)."""
+    return not values or any(set(v) == {"*"} for v in values)
 
 
 # ---------------------------------------------------------------- conditions

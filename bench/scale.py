@@ -47,6 +47,7 @@ from bench.scale_queries import (  # noqa: E402
     c_find_opener,
     measure_searches,
     qido_opener,
+    quiet_collector,
 )
 from tests.chronicle_server import launch_chronicle  # noqa: E402
 from tests.support import free_port  # noqa: E402
@@ -268,6 +269,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     plan = make_plan(args)
+    quiet_collector()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     results: dict[str, Any] = {"benchmark": "scale", "at": stamp, "plan": vars(plan).copy()}
     if args.resume:

@@ -210,8 +210,11 @@ def test_a_kept_study_answer_gives_way_to_a_newer_statistics_row(store: Projecti
     old = before["00080050"]["Value"][0]
     before["0020000D"] = {}  # a caller's change to its answer stays its own
     assert search(store, query)[0]["0020000D"] == {"vr": "UI", "Value": [S1]}
+    # Above every version in the table, as the projector's next batch would be:
+    # versions grow with the log (the study memory reads what is newer).
     rewrite = (
-        "INSERT INTO study_stats SELECT * REPLACE (version + {step:UInt64} AS version,"
+        "INSERT INTO study_stats SELECT * REPLACE ((SELECT max(version) FROM study_stats)"
+        " + {step:UInt64} AS version,"
         " {new:String} AS accession_number, replaceOne(answer, {old:String}, {new:String})"
         " AS answer) FROM study_stats FINAL WHERE study_instance_uid = {uid:String}"
     )

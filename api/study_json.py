@@ -1,0 +1,71 @@
+"""QIDO-RS study answers written as JSON text, a study at a time.
+
+A million-instance archive answers a date or modality search with hundreds
+of studies. Built as dicts, each answer was copied, given its absolute
+RetrieveURL, serialised for the read cache and serialised again for the
+response, all under the interpreter lock the search threads share. Here each
+study's answer is kept as the JSON text the response carries (per return
+keys, public base URL and version of the study's statistics row) and a page
+is those texts joined: the same bytes `orjson.dumps` makes of the list.
+C-FIND and the multipart XML answer still take `api.matching.search_page`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from api.matching import answer_getters, kept_answers, study_rows
+from api.query_model import Level, Query, return_keys
+from api.query_sql import unpack_answer
+from infra.ports import ProjectionStore
+
+RETRIEVE_URL = "00081190"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPage:
+    body: bytes  # a DICOM JSON array
+    matches: int
+    more: bool
+
+
+def search_studies_json(index: ProjectionStore, query: Query, base: str) -> JsonPage | None:
+    """A study search's page as JSON text, or None when its answers need the
+    stored metadata (includefield of an attribute without a column)."""
+    columns, tags = return_keys(query)
+    if query.level is not Level.STUDY or query.dimse or tags or query.include_all:
+        return None
+
+    def build() -> list[dict[str, Any]]:
+        rows, more = study_rows(index, query)
+        getters = answer_getters(query, columns)
+        shape = ("json", tuple(columns), base)
+
+        def make(n: int) -> bytes:
+            unpack_answer(rows[n])
+            obj = dict(sorted((tag, get(rows[n])) for tag, get in getters))
+            return orjson.dumps(absolute_retrieve_url(obj, base))
+
+        keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
+        parts = kept_answers(index, keys, make)
+        return [{"body": b"[" + b",".join(parts) + b"]", "matches": len(parts), "more": more}]
+
+    memo = getattr(index, "memo", None)
+    key = ("studies_json", query, base)
+    kept = memo(key, build, _weigh) if memo is not None else build()
+    return JsonPage(kept[0]["body"], int(kept[0]["matches"]), bool(kept[0]["more"]))
+
+
+def _weigh(rows: list[dict[str, Any]]) -> int:
+    return sum(len(row["body"]) + 64 for row in rows)
+
+
+def absolute_retrieve_url(obj: dict[str, Any], base: str) -> dict[str, Any]:
+    """The answer's RetrieveURL (a path below the DICOMweb root) made absolute."""
+    url = obj.get(RETRIEVE_URL)
+    if url and url.get("Value"):
+        obj[RETRIEVE_URL] = {"vr": "UR", "Value": [f"{base}/{url['Value'][0]}"]}
+    return obj

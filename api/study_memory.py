@@ -1,0 +1,131 @@
+"""Study searches answered from memory: each process keeps study_stats' rows.
+
+A study search at a million instances cost ~12 ms of CPU on this machine, most
+of it not the match itself: chDB's charge per statement and per returned row,
+and, in a worker process, the hop to the owner and back. A study row is small
+(10,000 studies hold ~10 MiB as Python objects), so every process keeps the
+live table, sorted in the answer order, and answers QIDO-RS /studies and
+C-FIND at STUDY level from it:
+
+* Freshness follows the index's write counter (`generation`, the read cache's
+  clock). After a write the next search reads the rows whose version is at
+  least the newest one it holds (`version` grows with every projector batch,
+  and a replay writes every row at the log's length), so a refresh reads what
+  the batches since wrote, not the table. A search runs after its
+  read-your-writes wait, so the rows it needs are in the table by then.
+* Matching mirrors `api.query_sql` rule for rule. What SQL computes and Python
+  could compute differently (`lowerUTF8`, a stored time's normal form) is read
+  from SQL, as columns of the refresh; a PN value with non-ASCII letters
+  (lowered by ClickHouse on the SQL side) goes to SQL. `conditions()` still
+  builds the SQL conditions, so a query SQL refuses is refused the same way.
+  A Hypothesis test holds both to the same answers.
+* Candidates come from the cheapest index the query allows (UID or exact
+  value -> dict, a date range -> a slice of the sorted rows, a name -> one
+  regular expression over every name joined) and every condition is checked
+  on each candidate.
+
+Only where `generation` exists (chDB embedded, and its workers): a ClickHouse
+server has writers this process does not see. CHRONICLE_STUDY_MEMORY=0 turns
+it off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+from api.query_model import Level, Query
+from api.query_sql import Params, _tm_sql, conditions
+from api.study_memory_match import Snapshot, StudyRow, candidates, predicates
+from infra.ports import ProjectionStore
+
+MEMORY_ENV = "CHRONICLE_STUDY_MEMORY"
+#: Past this many studies a refresh's re-sort costs more than a statement.
+MAX_STUDIES = 300_000
+
+_PN = ("patient_name", "referring_physician_name")
+_TM = ("patient_birth_time", "study_time")
+_PLAIN = (
+    "study_instance_uid", "version", "answer", "n_series", "n_instances", "modalities",
+    "sop_classes", "patient_id", "issuer_of_patient_id", "patient_birth_date",
+    "patient_birth_time", "patient_sex", "study_date", "study_time", "accession_number",
+    "study_id", "study_description",
+)  # fmt: skip
+REFRESH_SQL = (
+    f"SELECT {', '.join(_PLAIN)}, "
+    + ", ".join(f"lowerUTF8({c}) AS {c}_lower, {c}_norm" for c in _PN)
+    + ", "
+    + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in _TM)
+    + " FROM study_stats FINAL WHERE version >= {since:UInt64}"
+)
+
+
+class StudyMemory:
+    """One process's copy of study_stats for one store, refreshed by write generation."""
+
+    def __init__(self, index: ProjectionStore) -> None:
+        self._index = weakref.ref(index)
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+
+    def search(self, query: Query) -> tuple[list[dict[str, Any]], bool] | None:
+        """(rows as the SQL study search returns them, more follow?), or None:
+        this query (or this store) is one for SQL."""
+        if query.level is not Level.STUDY:
+            return None
+        conditions(query, Params())  # refuses what SQL would refuse, the same way
+        checks = predicates(query)
+        if checks is None:
+            return None
+        snapshot = self._current()
+        if snapshot is None:
+            return None
+        found: list[StudyRow] = []
+        wanted = query.offset + query.limit + 1
+        for row in candidates(snapshot, query):
+            if row.n_instances > 0 and all(check(row) for check in checks):
+                found.append(row)
+                if len(found) == wanted:
+                    break
+        page = found[query.offset :]
+        return [row.answer_row() for row in page[: query.limit]], len(page) > query.limit
+
+    def _current(self) -> Snapshot | None:
+        index = self._index()
+        generation = getattr(index, "generation", None) if index is not None else None
+        if index is None or generation is None:
+            return None
+        snapshot = self._snapshot
+        if snapshot is not None and snapshot.generation == generation:
+            return snapshot
+        with self._lock:
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.generation == generation:
+                return snapshot
+            since = snapshot.newest_version if snapshot is not None else 0
+            rows = index.query_dicts(REFRESH_SQL, {"since": since})
+            fresh = Snapshot.updated(snapshot, rows, generation)
+            if len(fresh) > MAX_STUDIES:
+                return None
+            self._snapshot = fresh
+            return fresh
+
+
+def memory_for(index: ProjectionStore) -> StudyMemory | None:
+    """The store's study memory, or None where it cannot follow the store's writes."""
+    if os.environ.get(MEMORY_ENV, "1") == "0" or getattr(index, "generation", None) is None:
+        return None
+    with _MEMORIES_LOCK:
+        try:
+            memory = _MEMORIES.get(index)
+            if memory is None:
+                memory = _MEMORIES[index] = StudyMemory(index)
+        except TypeError:  # an unhashable store: nothing to key the memory by
+            return None
+    return memory
+
+
+_MEMORIES: weakref.WeakKeyDictionary[Any, StudyMemory] = weakref.WeakKeyDictionary()
+_MEMORIES_LOCK = threading.Lock()
