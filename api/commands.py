@@ -167,6 +167,9 @@ def _serve_front_ends(
     from api.app import create_app
 
     settings = archive.settings
+    # Before the siblings know of this process: a full collection here takes a
+    # moment, and a connection must not wait for it (http_balance's tie rule).
+    _settle_collector()
     dimse = _start_dimse(archive, listener)
     if listener is not None:
         _join_siblings(listener, process)
@@ -180,7 +183,6 @@ def _serve_front_ends(
         config = uvicorn.Config(
             create_app(archive), log_level="info", access_log=False, timeout_graceful_shutdown=5
         )
-        _settle_collector()
         _Server.run(config, sockets, http)
     finally:
         if process == "worker":

@@ -30,11 +30,13 @@ log = logging.getLogger("chronicle.http")
 #: How often a waiting acceptor looks whether it should stop.
 _POLL_SECONDS = 0.25
 #: The owner's slot on the board, and how long a worker leaves it a connection
-#: when both hold as many: the interpreter's switch interval, because the
-#: owner's acceptor thread may wait that long for the lock once select()
-#: returns (1 ms lost the race now and then when the machine was busy).
+#: when both hold as many: a few of the interpreter's switch intervals, because
+#: the owner's acceptor thread may wait one or more for the lock once select()
+#: returns (1 ms lost the race now and then when the machine was busy; 5 ms
+#: lost it in about one start in three once the serving processes' young
+#: collections ran every 50,000 allocations, api.commands.GC_THRESHOLDS).
 OWNER_SLOT = 0
-TIE_YIELD_SECONDS = 0.005
+TIE_YIELD_SECONDS = 0.02
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
