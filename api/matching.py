@@ -333,17 +333,19 @@ def _study_answers(
     lock every search thread shares: at a million instances a name or date
     search matches hundreds of studies. A study's row (attributes and
     aggregates) changes only with a new statistics version, so its answer for
-    the same return keys is kept (each caller gets its own top-level dict). The
-    packed attributes (which begin with the Study Instance UID) key it, so a kept
-    answer is found without unpacking them."""
+    the same return keys is kept, as JSON text: a bytes object the cycle
+    collector never walks, ~1 KB against ~6 KB of dicts, and parsed back in
+    ~4 us (each caller gets its own objects). The packed attributes (which
+    begin with the Study Instance UID) key it, so a kept answer is found
+    without unpacking them."""
     shape = (tuple(columns), dimse)
 
-    def make(n: int) -> dict[str, Any]:
+    def make(n: int) -> bytes:
         unpack_answer(rows[n])
-        return dict(sorted((tag, get(rows[n])) for tag, get in getters))
+        return orjson.dumps(dict(sorted((tag, get(rows[n])) for tag, get in getters)))
 
     keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
-    return [dict(obj) for obj in kept_answers(index, keys, make)]
+    return [orjson.loads(text) for text in kept_answers(index, keys, make)]
 
 
 def kept_answers(
@@ -381,9 +383,8 @@ def _rendered(index: ProjectionStore) -> Rendered:
 
 #: Per store, least recently used first: rendered study answers by (return
 #: keys, DIMSE? or the base of JSON text, packed attributes, version of the
-#: study's statistics row). An answer is ~5-7 KB as Python objects (C-FIND,
-#: multipart XML) and ~1 KB as QIDO-RS JSON text: 10,000 of each (every study of
-#: a 1M-instance archive) hold ~70 MiB.
+#: study's statistics row), as JSON text of ~1 KB: 10,000 of each kind (every
+#: study of a 1M-instance archive, for C-FIND and for QIDO-RS) hold ~20 MiB.
 _RENDERED: weakref.WeakKeyDictionary[Any, Rendered] = weakref.WeakKeyDictionary()
 RENDERED_MAX = 20_000
 _RENDERED_LOCK = threading.Lock()

@@ -158,7 +158,7 @@ def _any_of(attr: Attr, value: str, params: Params) -> str | None:
     array = attr.column  # study_stats.modalities / study_stats.sop_classes
     if attr.kind is Kind.UID_ANY_OF:
         uids = uid_list(attr.keyword, value, commas=True)
-        return f"hasAny({array}, {params.add(uids, 'Array(String)')})"
+        return f"hasAny({array}, {params.add(uids, 'Array(String)')})" if uids else None
     found = _text("x", value.replace(",", "\\"), params)
     return f"arrayExists(x -> {found}, {array})" if found else None
 
@@ -206,7 +206,7 @@ def condition(query: Query, match: Match, params: Params) -> tuple[str, str] | N
     cond = None
     if kind is Kind.UID:
         uids = uid_list(match.keyword, value, commas=not query.dimse)
-        cond = f"{col} IN {params.add(uids, 'Array(String)')}"
+        cond = f"{col} IN {params.add(uids, 'Array(String)')}" if uids else None
     elif kind is Kind.TEXT:
         cond = _text(col, value, params)
     elif kind is Kind.PN:

@@ -297,7 +297,7 @@ def _condition(query: Query, match: Match) -> Check | None:
         return None  # the study search reads study_stats' conditions only
     if attr.kind is Kind.UID_ANY_OF:
         wanted = set(uid_list(attr.keyword, match.value, commas=True))
-        return lambda row: not wanted.isdisjoint(row.sop_classes)
+        return (lambda row: not wanted.isdisjoint(row.sop_classes)) if wanted else None
     if attr.kind is Kind.ANY_OF:
         values = split_values(match.value.replace(",", "\\"), commas=False)
         if values and not any(has_wildcard(v) for v in values):
@@ -308,7 +308,7 @@ def _condition(query: Query, match: Match) -> Check | None:
     col, kind, value = attr.column, attr.kind, match.value
     if kind is Kind.UID:
         uids = set(uid_list(match.keyword, value, commas=not query.dimse))
-        return lambda row: getattr(row, col) in uids
+        return (lambda row: getattr(row, col) in uids) if uids else None
     if kind is Kind.TEXT:
         test = _text(value)
         return None if test is None else (lambda row: test(getattr(row, col)))

@@ -41,6 +41,7 @@ from bench.ingest import RESULTS_DIR, _versions  # noqa: E402
 from bench.peers import CALLING_AE, Peer, running_orthanc  # noqa: E402
 from bench.scale_corpus import Shape  # noqa: E402
 from bench.scale_fill import fill_chronicle, fill_orthanc  # noqa: E402
+from bench.scale_pair import measure_pair  # noqa: E402
 from bench.scale_queries import (  # noqa: E402
     KINDS,
     QueryKeys,
@@ -143,6 +144,17 @@ def run_chronicle(
     results: dict[str, Any], work: Path, plan: Plan, viewer: scale_viewer.ViewerCorpus, size: int
 ) -> None:
     """Extend the log to `size`, replay it, serve it and measure."""
+    folder = _fill_chronicle(results, work, plan, size)
+    keys = QueryKeys(Shape.of(size))
+    with serving_chronicle(folder, plan.chronicle_args) as archive:
+        measured = measure_archive(archive, size, keys, plan, viewer)
+        _file(results, "chronicle", size, dict(measured))
+        _save(results)  # before the long last phases
+        if size == max(plan.sizes):
+            _last_size(results, archive, keys, plan, measured)
+
+
+def _fill_chronicle(results: dict[str, Any], work: Path, plan: Plan, size: int) -> Path:
     folder = work / "chronicle"
     tree = results.setdefault("chronicle", {})
     done, studies = tree.get("_studies", 0), Shape.of(size).studies
@@ -154,13 +166,7 @@ def run_chronicle(
         print(f"  replay: {fill['events']:,} events, {fill['replay_per_s']:,.0f}/s", flush=True)
         tree.setdefault("fill", {})[str(size)] = fill
     tree["_studies"] = studies
-    keys = QueryKeys(Shape.of(size))
-    with serving_chronicle(folder, plan.chronicle_args) as archive:
-        measured = measure_archive(archive, size, keys, plan, viewer)
-        _file(results, "chronicle", size, dict(measured))
-        _save(results)  # before the long last phases
-        if size == max(plan.sizes):
-            _last_size(results, archive, keys, plan, measured)
+    return folder
 
 
 def _last_size(
@@ -202,19 +208,23 @@ def _recorded(tree: dict[str, Any], name: str) -> Iterator[None]:
 def run_orthanc(
     results: dict[str, Any], work: Path, plan: Plan, viewer: scale_viewer.ViewerCorpus, size: int
 ) -> None:
-    full = Shape.of(max(plan.sizes))
-    done = results.get("orthanc", {}).get("_studies", 0)
-    studies = Shape.of(size).studies
     with running_orthanc(work / "orthanc") as peer:
-        base = peer.count_url.rsplit("/statistics", 1)[0]
-        print(f"Orthanc: POSTing studies {done:,}..{studies:,}", flush=True)
-        fill = fill_orthanc(base, full, done, studies, plan.orthanc_budget_s)
-        print(f"  {fill['instances']:,} instances at {fill['per_s']:.0f}/s", flush=True)
-        results.setdefault("orthanc", {}).setdefault("fill", {})[str(size)] = fill
-        results["orthanc"]["_studies"] = studies
+        _fill_orthanc(results, peer, plan, size)
         archive = Archive(peer, 0)
         measured = measure_archive(archive, size, QueryKeys(Shape.of(size)), plan, viewer)
     _file(results, "orthanc", size, measured)
+
+
+def _fill_orthanc(results: dict[str, Any], peer: Peer, plan: Plan, size: int) -> None:
+    full = Shape.of(max(plan.sizes))
+    done = results.get("orthanc", {}).get("_studies", 0)
+    studies = Shape.of(size).studies
+    base = peer.count_url.rsplit("/statistics", 1)[0]
+    print(f"Orthanc: POSTing studies {done:,}..{studies:,}", flush=True)
+    fill = fill_orthanc(base, full, done, studies, plan.orthanc_budget_s)
+    print(f"  {fill['instances']:,} instances at {fill['per_s']:.0f}/s", flush=True)
+    results.setdefault("orthanc", {}).setdefault("fill", {})[str(size)] = fill
+    results["orthanc"]["_studies"] = studies
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -290,14 +300,37 @@ def main(argv: list[str] | None = None) -> int:
 def _interleave(
     results: dict[str, Any], work: Path, plan: Plan, viewer: scale_viewer.ViewerCorpus
 ) -> None:
-    """Size by size, Chronicle then Orthanc, so both meet similar background load."""
+    """Size by size; at a size both hold, both serve at once and every measurement
+    runs on one and then the other (bench.scale_pair), so both meet the host's
+    slow spells alike."""
     for size in sorted(set(plan.sizes) | set(plan.orthanc_sizes)):
-        if size in plan.sizes and not _measured(results, "chronicle", size):
+        chronicle = size in plan.sizes and not _measured(results, "chronicle", size)
+        orthanc = size in plan.orthanc_sizes and not _measured(results, "orthanc", size)
+        if chronicle and orthanc:
+            run_both(results, work, plan, viewer, size)
+        elif chronicle:
             run_chronicle(results, work, plan, viewer, size)
-            _save(results)
-        if size in plan.orthanc_sizes and not _measured(results, "orthanc", size):
+        elif orthanc:
             run_orthanc(results, work, plan, viewer, size)
+        _save(results)
+
+
+def run_both(
+    results: dict[str, Any], work: Path, plan: Plan, viewer: scale_viewer.ViewerCorpus, size: int
+) -> None:
+    """Both archives filled to `size`, then served together and measured in turns."""
+    folder = _fill_chronicle(results, work, plan, size)
+    with running_orthanc(work / "orthanc") as peer:
+        _fill_orthanc(results, peer, plan, size)
+        with serving_chronicle(folder, plan.chronicle_args) as archive:
+            archives = {"orthanc": Archive(peer, 0), "chronicle": archive}
+            keys = {name: QueryKeys(Shape.of(size)) for name in archives}
+            measured = measure_pair(archives, keys, size, plan, viewer)
+            for name, figures in measured.items():
+                _file(results, name, size, dict(figures))
             _save(results)
+            if size == max(plan.sizes):
+                _last_size(results, archive, keys["chronicle"], plan, measured["chronicle"])
 
 
 def _measured(results: dict[str, Any], archive: str, size: int) -> bool:

@@ -101,10 +101,10 @@ KEYS: dict[str, st.SearchStrategy[str]] = {
     "StudyTime": st.sampled_from(["10", "1020-", "-1021", "102030.5", "1000-1100", "25"]),
     "PatientBirthTime": st.sampled_from(["10", "-1020", "000000"]),
     "StudyInstanceUID": st.sampled_from(
-        [UIDS[0], f"{UIDS[1]},{UIDS[2]}", f"{UIDS[3]}\\{UIDS[4]}", "1.*"]
+        [UIDS[0], f"{UIDS[1]},{UIDS[2]}", f"{UIDS[3]}\\{UIDS[4]}", "1.*", " ", ","]
     ),
     "ModalitiesInStudy": st.sampled_from(["CT", "MR,SR", "C*", "c%", "c_", "*", "CT\\MR"]),
-    "SOPClassesInStudy": st.sampled_from([CT, f"{CT},{MR}", MR]),
+    "SOPClassesInStudy": st.sampled_from([CT, f"{CT},{MR}", MR, " "]),
     "Modality": st.sampled_from(["CT"]),  # a series key: a study search ignores it
     "SeriesNumber": st.sampled_from(["1", "x"]),  # refused ("x") though ignored
 }
