@@ -170,6 +170,10 @@ def _serve_front_ends(
     # Before the siblings know of this process: a full collection here takes a
     # moment, and a connection must not wait for it (http_balance's tie rule).
     _settle_collector()
+    if API in archive.roles:
+        from api.study_memory import warm_in_background
+
+        warm_in_background(archive.index)
     dimse = _start_dimse(archive, listener)
     if listener is not None:
         _join_siblings(listener, process)
@@ -194,20 +198,12 @@ def _serve_front_ends(
     return 0
 
 
-#: Young collections every 50,000 allocations instead of 700: a study search's
-#: answer is tens of thousands of small dicts and lists, and with the default
-#: the collector ran dozens of times per answer (orjson parsing 600 KB of DICOM
-#: JSON: 18 ms with the defaults beside a large heap, 4 ms with these).
-GC_THRESHOLDS = (50_000, 20, 10)
-
-
 def _settle_collector() -> None:
     """Leave what start-up made (modules, pydicom's dictionaries, the app) out of
     Python's cycle collection: a full collection walks every tracked object, and
     a serving process's own caches are enough for it to walk."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 #: How long the owner waits for its workers to listen before it serves anyway.

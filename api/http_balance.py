@@ -33,8 +33,7 @@ _POLL_SECONDS = 0.25
 #: when both hold as many: a few of the interpreter's switch intervals, because
 #: the owner's acceptor thread may wait one or more for the lock once select()
 #: returns (1 ms lost the race now and then when the machine was busy; 5 ms
-#: lost it in about one start in three once the serving processes' young
-#: collections ran every 50,000 allocations, api.commands.GC_THRESHOLDS).
+#: lost it in one start in three or four, in tests/integration/test_cli.py).
 OWNER_SLOT = 0
 TIE_YIELD_SECONDS = 0.02
 

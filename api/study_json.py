@@ -15,9 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from api.matching import answer_getters, kept_answers, study_rows
+from api.matching import answer_getters, kept_answers, kept_json, study_rows
 from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
 from infra.ports import ProjectionStore
@@ -47,7 +45,7 @@ def search_studies_json(index: ProjectionStore, query: Query, base: str) -> Json
         def make(n: int) -> bytes:
             unpack_answer(rows[n])
             obj = dict(sorted((tag, get(rows[n])) for tag, get in getters))
-            return orjson.dumps(absolute_retrieve_url(obj, base))
+            return kept_json(absolute_retrieve_url(obj, base))
 
         keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
         parts = kept_answers(index, keys, make)

@@ -187,6 +187,14 @@ class Snapshot:
 
         return self._built(f"names:{column}", build)
 
+    def build_indexes(self) -> None:
+        """Every index a search may ask for."""
+        self.positions()
+        self.exact("accession_number")
+        self.exact("patient_id")
+        self.members("modalities")
+        self.names("patient_name_lower")
+
     def _built(self, key: str, build: Callable[[], T]) -> T:
         with self._lock:
             if key not in self._lazy:

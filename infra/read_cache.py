@@ -38,7 +38,7 @@ class ReadCache:
         *,
         max_entries: int = 256,
         max_rows: int = 2000,
-        max_bytes: int = 64 << 20,
+        max_bytes: int = 32 << 20,
         follow: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._entries: OrderedDict[Hashable, tuple[Rows, int]] = OrderedDict()
@@ -84,7 +84,9 @@ class ReadCache:
     def _keep(self, key: Hashable, rows: Rows, generation: int, size: int) -> None:
         with self._lock:
             self._sync()
-            if generation != self._generation or self._writing or size > self._max_bytes:
+            # One answer may take a sixteenth of the budget: a 10,000-match
+            # C-FIND page does not push out every other kept answer.
+            if generation != self._generation or self._writing or size > self._max_bytes // 16:
                 return
             self._entries[key] = ([dict(row) for row in rows], size)
             self._bytes += size

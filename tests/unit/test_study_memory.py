@@ -295,3 +295,20 @@ INDEXED = [
     Query(Level.STUDY, (Match("StudyDate", "-20200102"),)),
     Query(Level.STUDY, (Match("PatientName", "ab*"),)),
 ]
+
+
+def test_a_new_study_below_the_newest_version_is_seen(store: ProjectionStore) -> None:
+    """Versions need not grow across studies (a group member's count of events
+    drops when it gives up partitions): the memory counts the table too."""
+    fill(store, [_plain(UIDS[0], 50)])
+    memory = StudyMemory(store)
+    query = Query(Level.STUDY, (Match("StudyInstanceUID", f"{UIDS[0]},{UIDS[1]}"),))
+    assert [r["st__version"] for r in by_rows(memory, query)] == [50]
+    store.insert("study_stats", [[_plain(UIDS[1], 7)[c] for c in STUDY_COLUMNS]], STUDY_COLUMNS)
+    assert sorted(r["st__version"] for r in by_rows(memory, query)) == [7, 50]
+
+
+def by_rows(memory: StudyMemory, query: Query) -> list[dict[str, Any]]:
+    found = memory.search(query)
+    assert found is not None
+    return found[0]
