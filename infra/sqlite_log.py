@@ -11,16 +11,19 @@ offsets are assigned inside the transaction, so they stay dense and monotonic.
 
 from __future__ import annotations
 
+import logging
 import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from infra.errors import Invalid, Unavailable
 from infra.ports import LogRecord, Position
 
+log = logging.getLogger("chronicle.sqlite_log")
 PARTITION = 0
 
 _SCHEMA = """
@@ -160,42 +163,63 @@ class SqliteEventLog:
     # -- read side ------------------------------------------------------------
 
     @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
+    def _reader(self, *, fresh: bool = False) -> Iterator[sqlite3.Connection]:
         if self._closed:
             raise Unavailable(f"event log {self.path} is closed")
         try:
-            conn = self._readers.get_nowait()
+            conn = self._connect() if fresh else self._readers.get_nowait()
         except queue.Empty:
             conn = self._connect()
         try:
             yield conn
-        finally:
-            if self._closed:
-                conn.close()
-            else:
-                self._readers.put(conn)
+        except sqlite3.Error:
+            conn.close()  # not back to the pool: it may be the broken one
+            raise
+        if self._closed:
+            conn.close()
+        else:
+            self._readers.put(conn)
+
+    def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
+        """Rows of a read, once more on a new connection after an I/O error.
+
+        `chronicle replay` has chDB read this file through its own SQLite
+        library (projections/replay_sql.stage_sqlite). POSIX locks belong to
+        the process, so that library, closing the file, can believe itself the
+        last connection and remove the write-ahead log and its shared memory
+        under this library's open connections, whose next read fails with
+        "disk I/O error" (seen once in CI). Every commit is in the database
+        by then (that connection checkpoints first), so a new connection reads
+        it whole."""
+        try:
+            with self._reader() as conn:
+                return conn.execute(sql, parameters).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "disk I/O error" not in str(exc):
+                raise
+            log.warning("event log %s: %s; reading again on a new connection", self.path, exc)
+            with self._reader(fresh=True) as conn:
+                return conn.execute(sql, parameters).fetchall()
 
     def read(self, start: Position, max_records: int = 1000) -> list[LogRecord]:
         if max_records < 1:
             raise Invalid(f"max_records must be positive, not {max_records}")
         begin = start.get(PARTITION, 0)
         try:
-            with self._reader() as conn:
-                rows = conn.execute(
-                    "SELECT log_offset, key, value FROM event_log"
-                    " WHERE log_offset >= ? ORDER BY log_offset LIMIT ?",
-                    (begin, max_records),
-                ).fetchall()
+            rows = self._select(
+                "SELECT log_offset, key, value FROM event_log"
+                " WHERE log_offset >= ? ORDER BY log_offset LIMIT ?",
+                (begin, max_records),
+            )
         except sqlite3.Error as exc:
             raise Unavailable(f"event log {self.path}: read failed: {exc}") from exc
         return [LogRecord(PARTITION, offset, key, bytes(value)) for offset, key, value in rows]
 
     def end(self) -> dict[int, int]:
         try:
-            with self._reader() as conn:
-                (next_offset,) = conn.execute(
-                    "SELECT COALESCE(MAX(log_offset) + 1, 0) FROM event_log"
-                ).fetchone()
+            ((next_offset,),) = self._select(
+                "SELECT COALESCE(MAX(log_offset) + 1, 0) FROM event_log", ()
+            )
         except sqlite3.Error as exc:
             raise Unavailable(f"event log {self.path}: end failed: {exc}") from exc
         return {PARTITION: int(next_offset)}

@@ -180,3 +180,35 @@ def test_an_unopenable_file_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / "a-folder").mkdir()
     with pytest.raises(Unavailable):
         SqliteEventLog(tmp_path / "a-folder")
+
+
+def test_a_read_after_an_io_error_goes_to_a_new_connection(log: SqliteEventLog) -> None:
+    """chDB's own SQLite, reading the file during a replay in this process, may
+    remove the write-ahead log under our pooled connections: a read that fails
+    with "disk I/O error" is made again on a new connection, and the broken
+    one leaves the pool."""
+    log.append([("k", b"v")])
+
+    class Broken:
+        closed = False
+
+        def execute(self, *_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        def close(self) -> None:
+            self.closed = True
+
+    broken = Broken()
+    log._readers.put(broken)  # type: ignore[arg-type]
+    assert [r.value for r in log.read({0: 0})] == [b"v"]
+    assert broken.closed
+    log._readers.put(Broken())  # type: ignore[arg-type]
+    assert log.end() == {0: 1}
+
+    class Other(Broken):
+        def execute(self, *_: object) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    log._readers.put(Other())  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
+        log.read({0: 0})
