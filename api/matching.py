@@ -10,12 +10,9 @@ module reads requests and renders what each answer contains.
 from __future__ import annotations
 
 import re
-import threading
-import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import orjson
 from pydicom import DataElement, Dataset
@@ -47,7 +44,7 @@ from api.query_sql import (
     source_alias,
     unpack_answer,
 )
-from api.study_memory import memory_for
+from api.study_answers import Getter, kept_json, study_answers, study_rows
 from infra.errors import Invalid
 from infra.ports import ProjectionStore
 
@@ -282,7 +279,7 @@ def _search_page(index: ProjectionStore, query: Query) -> Page:
     with_metadata = bool(tags) or query.include_all
     if query.level is Level.STUDY and not with_metadata:
         rows, more = study_rows(index, query)
-        return Page(_study_answers(index, rows, columns, getters, query.dimse), more)
+        return Page(study_answers(index, rows, columns, getters, query.dimse), more)
     all_live = query.level in (Level.PATIENT, Level.SERIES) and _all_live(index)
     sql, params = search_sql(query, all_live=all_live)
     rows = index.query_dicts(sql, params)
@@ -306,95 +303,6 @@ def _search_page(index: ProjectionStore, query: Query) -> Page:
 def answer_getters(query: Query, columns: list[str]) -> list[tuple[str, Getter]]:
     """(tag, how it is read from a page row) for each attribute answered from columns."""
     return [(_TAG[k], _getter(k, query)) for k in columns]
-
-
-def study_rows(index: ProjectionStore, query: Query) -> tuple[list[dict[str, Any]], bool]:
-    """A study search's page rows (packed answer, version, aggregates) and whether
-    more follow: from the process's study memory, or by SQL (api.study_memory)."""
-    memory = memory_for(index)
-    found = memory.search(query) if memory is not None else None
-    if found is not None:
-        return found
-    sql, params = search_sql(query)
-    rows = index.query_dicts(sql, params)
-    return rows[: query.limit], len(rows) > query.limit
-
-
-def _study_answers(
-    index: ProjectionStore,
-    rows: list[dict[str, Any]],
-    columns: list[str],
-    getters: list[tuple[str, Getter]],
-    dimse: bool,
-) -> list[dict[str, Any]]:
-    """Study answers, each built once per version of its statistics row.
-
-    Building a study's DICOM JSON costs ~40 us in Python, under the interpreter
-    lock every search thread shares: at a million instances a name or date
-    search matches hundreds of studies. A study's row (attributes and
-    aggregates) changes only with a new statistics version, so its answer for
-    the same return keys is kept, as JSON text: a bytes object the cycle
-    collector never walks, ~1 KB against ~6 KB of dicts, and parsed back in
-    ~4 us (each caller gets its own objects). The packed attributes (which
-    begin with the Study Instance UID) key it, so a kept answer is found
-    without unpacking them."""
-    shape = (tuple(columns), dimse)
-
-    def make(n: int) -> bytes:
-        unpack_answer(rows[n])
-        return kept_json(dict(sorted((tag, get(rows[n])) for tag, get in getters)))
-
-    keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
-    return [orjson.loads(text) for text in kept_answers(index, keys, make)]
-
-
-def kept_json(obj: Any) -> bytes:
-    """`orjson.dumps(obj)` in a bytes object of its own length, for keeping:
-    orjson's own holds at least 4 KB (a kept 900-byte study answer cost 8 KB,
-    ~160 MiB per process for 20,000 of them)."""
-    return bytes(memoryview(orjson.dumps(obj)))
-
-
-def kept_answers(
-    index: ProjectionStore, keys: list[tuple[Any, ...]], make: Callable[[int], T]
-) -> list[T]:
-    """The store's kept study answers under `keys`; `make(n)` makes the n-th
-    where none is kept (and it is kept). One lock for the page's lookups."""
-    kept = _rendered(index)
-    with _RENDERED_LOCK:
-        found = [kept.get(key) for key in keys]
-        for key, answer in zip(keys, found, strict=True):
-            if answer is not None:
-                kept.move_to_end(key)
-    missing = {n: make(n) for n, answer in enumerate(found) if answer is None}
-    if missing:
-        with _RENDERED_LOCK:
-            for n, answer in missing.items():
-                kept[keys[n]] = found[n] = answer
-            while len(kept) > RENDERED_MAX:
-                kept.popitem(last=False)
-    return cast(list[T], found)
-
-
-T = TypeVar("T")
-Rendered = OrderedDict[tuple[Any, ...], Any]
-
-
-def _rendered(index: ProjectionStore) -> Rendered:
-    """The store's kept answers (a fresh dict, kept nowhere, for an unhashable store)."""
-    try:
-        return _RENDERED.setdefault(index, OrderedDict())
-    except TypeError:
-        return OrderedDict()
-
-
-#: Per store, least recently used first: rendered study answers by (return
-#: keys, DIMSE? or the base of JSON text, packed attributes, version of the
-#: study's statistics row), as JSON text of ~1 KB: 10,000 of each kind (every
-#: study of a 1M-instance archive, for C-FIND and for QIDO-RS) hold ~20 MiB.
-_RENDERED: weakref.WeakKeyDictionary[Any, Rendered] = weakref.WeakKeyDictionary()
-RENDERED_MAX = 20_000
-_RENDERED_LOCK = threading.Lock()
 
 
 def _all_live(index: ProjectionStore) -> bool:
@@ -434,9 +342,6 @@ def _page_extra(
         key = tuple(str(v) for _, v in values[:width])
         found[key] = {f"a__{name}": value for name, value in values[width:]}
     return found
-
-
-Getter = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _getter(keyword: str, query: Query) -> Getter:

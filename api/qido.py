@@ -17,11 +17,11 @@ import orjson
 from fastapi import APIRouter, Request, Response
 
 from api.deps import ArchiveDep
-from api.matching import parse_qido, search_page
+from api.matching import Page, parse_qido, search_page
 from api.negotiation import MediaRange, first_offer, parse_accept, related_type
 from api.problems import lagging_headers, problem
 from api.query_model import Level, Query
-from api.study_json import absolute_retrieve_url, search_studies_json
+from api.study_json import JsonPage, absolute_retrieve_url, search_studies_json
 from infra.errors import Invalid, Unavailable
 from infra.ports import ProjectionStore
 from infra.settings import Settings
@@ -101,16 +101,9 @@ def _search(
     except Invalid as exc:
         return problem(400, "Bad Request", str(exc))
     fresh = archive.read_barrier()
-    if reply == "json" and level is Level.STUDY:
-        return _study_json(request, archive, query, fresh)
-    return _answer(request, archive, query, fresh, reply)
-
-
-def _answer(
-    request: Request, archive: Searchable, query: Query, fresh: bool, reply: str
-) -> Response:
+    base = dicomweb_base(request, archive.settings)
     try:
-        page = search_page(archive.index, query)
+        page = _page(archive.index, query, reply, base)
     except Invalid as exc:
         # The query was validated above, so the index refusing it is our fault.
         log.exception("QIDO-RS search failed: %s", request.url)
@@ -118,9 +111,12 @@ def _answer(
     except Unavailable as exc:
         return problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
     headers = _warnings(fresh, page.more)
+    if isinstance(page, JsonPage):
+        if not page.matches:
+            return Response(status_code=204, headers=headers)
+        return Response(page.body, media_type=DICOM_JSON, headers=headers)
     if not page.results:
         return Response(status_code=204, headers=headers)
-    base = dicomweb_base(request, archive.settings)
     results = [absolute_retrieve_url(obj, base) for obj in page.results]
     if reply == "json":
         return Response(orjson.dumps(results), media_type=DICOM_JSON, headers=headers)
@@ -134,23 +130,11 @@ def _answer(
     )
 
 
-def _study_json(request: Request, archive: Searchable, query: Query, fresh: bool) -> Response:
-    """A study search answered in DICOM JSON from kept JSON text (api.study_json);
-    one that needs stored metadata takes the general path."""
-    base = dicomweb_base(request, archive.settings)
-    try:
-        page = search_studies_json(archive.index, query, base)
-        if page is None:
-            return _answer(request, archive, query, fresh, "json")
-    except Invalid as exc:
-        log.exception("QIDO-RS search failed: %s", request.url)
-        return problem(500, "Internal Server Error", str(exc))
-    except Unavailable as exc:
-        return problem(503, "Service Unavailable", str(exc), headers={"Retry-After": "5"})
-    headers = _warnings(fresh, page.more)
-    if not page.matches:
-        return Response(status_code=204, headers=headers)
-    return Response(page.body, media_type=DICOM_JSON, headers=headers)
+def _page(index: ProjectionStore, query: Query, reply: str, base: str) -> Page | JsonPage:
+    """A study search answered in DICOM JSON is joined from kept JSON text
+    (api.study_json), unless it needs stored metadata; the rest as dicts."""
+    found = search_studies_json(index, query, base) if reply == "json" else None
+    return found if found is not None else search_page(index, query)
 
 
 def _warnings(fresh: bool, more: bool) -> dict[str, str]:

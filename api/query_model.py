@@ -312,6 +312,12 @@ def _time_bound(keyword: str, value: str, text: str, pad: str) -> str:
     return whole + pad[len(whole) : 6] + "." + frac + pad[7 + len(frac) :]
 
 
+def universal(values: list[str]) -> bool:
+    """'*' among the values, or no value at all (only spaces and separators: DICOM
+    pads with spaces, so '  ' is an empty value, which is universal matching)."""
+    return not values or any(set(v) == {"*"} for v in values)
+
+
 def split_values(value: str, *, commas: bool) -> list[str]:
     """Backslash separates values (C-FIND, QIDO); commas too where QIDO allows lists."""
     parts = re.split(r"[\\,]" if commas else r"\\", value)

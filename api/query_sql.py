@@ -33,6 +33,7 @@ from api.query_model import (
     split_values,
     time_range,
     uid_list,
+    universal,
 )
 from infra.errors import Invalid
 from projections.stats import ANSWER_ATTRIBUTES
@@ -53,12 +54,6 @@ def _tm_sql(column: str) -> str:
     t = f"replaceAll({column}, ':', '')"
     whole, frac = f"substring({t}, 1, 6)", f"substring({t}, 8, 6)"
     return f"concat(rightPad({whole}, 6, '0'), '.', rightPad({frac}, 6, '0'))"
-
-
-def _universal(values: list[str]) -> bool:
-    """'*' among the values, or no value at all (only spaces and separators: DICOM
-    pads with spaces, so '  ' is an empty value, which is universal matching)."""
-    return not values or any(set(v) == {"*"} for v in values)
 
 
 # ---------------------------------------------------------------- conditions
@@ -83,7 +78,7 @@ def _any(conds: Iterable[str]) -> str:
 
 def _text(col: str, value: str, params: Params) -> str | None:
     values = split_values(value, commas=False)
-    if _universal(values):
+    if universal(values):
         return None
     return _any(
         f"{col} LIKE {params.add(like_pattern(v), 'String')}"
@@ -95,7 +90,7 @@ def _text(col: str, value: str, params: Params) -> str | None:
 
 def _number(keyword: str, col: str, value: str, params: Params) -> str | None:
     values = split_values(value, commas=False)
-    if _universal(values):
+    if universal(values):
         return None
     conds = []
     for v in values:
@@ -122,7 +117,7 @@ def _bounds(expr: str, lo: str | None, hi: str | None, params: Params, col: str)
 
 def _pn(col: str, value: str, params: Params, fuzzy: bool) -> str | None:
     names = split_values(value, commas=False)
-    if _universal(names):
+    if universal(names):
         return None
 
     def literal(g_sql: str, text: str) -> str:
@@ -380,7 +375,7 @@ def _study_search_sql(query: Query, conds: dict[str, list[str]], params: Params)
     attributes beside its statistics (migration 006): the match, liveness
     (n_instances > 0) and the aggregates a study answer returns, together."""
     # The attributes, packed (see unpack_answer), and the row's version (answers
-    # are kept per version: api.matching._study_answers).
+    # are kept per version: api.study_answers).
     selects = ["st.answer AS st__answer", "st.version AS st__version"]
     selects += [f"st.{c} AS a__{c}" for c in AGGREGATES[Level.STUDY]]
     where = _where(["n_instances > 0", *conds["st"]])

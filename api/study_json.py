@@ -15,9 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from api.matching import answer_getters, kept_answers, kept_json, study_rows
+from api.matching import answer_getters
 from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
+from api.study_answers import kept_answers, kept_json, study_rows
 from infra.ports import ProjectionStore
 
 RETRIEVE_URL = "00081190"

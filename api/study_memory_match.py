@@ -27,6 +27,7 @@ from api.query_model import (
     split_values,
     time_range,
     uid_list,
+    universal,
 )
 from api.query_sql import source_alias
 from schemas.names import fold
@@ -221,14 +222,10 @@ def _matcher(value: str, suffix: str = "") -> Callable[[str], bool]:
     return re.compile(_like(value) + suffix, re.DOTALL).fullmatch  # type: ignore[return-value]
 
 
-def _universal(values: list[str]) -> bool:
-    return not values or any(set(v) == {"*"} for v in values)  # query_sql._universal
-
-
 def _text(value: str) -> Callable[[str], bool] | None:
     """query_sql._text: any of the backslash-separated values."""
     values = split_values(value, commas=False)
-    if _universal(values):
+    if universal(values):
         return None
     if not any(has_wildcard(v) for v in values):
         return set(values).__contains__
@@ -254,8 +251,8 @@ def _pn(col: str, value: str, fuzzy: bool) -> Check | None:
     """query_sql._pn and _per_group, on the lowered (literal) or folded (fuzzy) column.
     None when a literal value is not ASCII: ClickHouse lowers it (lowerUTF8)."""
     names = split_values(value, commas=False)
-    if _universal(names):
-        return lambda row: True  # no condition at all
+    if universal(names):
+        return None
     if not fuzzy and not all(n.isascii() for n in names):
         raise _ForSql
     stored = _column(f"{col}_norm" if fuzzy else f"{col}_lower")
@@ -307,10 +304,6 @@ def _condition(query: Query, match: Match) -> Check | None:
         wanted = set(uid_list(attr.keyword, match.value, commas=True))
         return (lambda row: not wanted.isdisjoint(row.sop_classes)) if wanted else None
     if attr.kind is Kind.ANY_OF:
-        values = split_values(match.value.replace(",", "\\"), commas=False)
-        if values and not any(has_wildcard(v) for v in values):
-            wanted = set(values)
-            return lambda row: not wanted.isdisjoint(row.modalities)
         found = _text(match.value.replace(",", "\\"))
         return None if found is None else (lambda row: any(found(x) for x in row.modalities))
     col, kind, value = attr.column, attr.kind, match.value
@@ -457,7 +450,7 @@ def _first(ordered: list[StudyRow], test: Callable[[str], bool]) -> int:
 
 def _name_positions(snapshot: Snapshot, value: str) -> list[int] | None:
     names = split_values(value, commas=False)
-    if _universal(names) or any("=" in n or not n.isascii() for n in names):
+    if universal(names) or any("=" in n or not n.isascii() for n in names):
         return None
     joined = snapshot.names("patient_name_lower")
     if joined is None:
