@@ -224,3 +224,53 @@ def test_an_older_index_gets_its_members_metadata_and_tombstones(
         assert live == [("2.1", "9.1", 1, '{"a":1}'), ("2.2", "9.2", 2, '{"a":3}')]
     finally:
         store.close()
+
+
+def test_an_older_index_keeps_every_row_in_its_finer_grained_tables(
+    ddl_package: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Migration 009 on an index made before it: series_metadata, instance_member
+    and instance are made again with smaller granules and hold the same rows,
+    every version (ReplacingMergeTree merges them later, as before)."""
+    name, folder = ddl_package
+    shipped = {m.version: m for m in available()}
+    for version in range(1, 9):
+        (folder / f"{shipped[version].name}.sql").write_text(shipped[version].sql)
+    store = ClickHouseStore(f"chdb://{tmp_path / 'index'}")
+    tables = ("series_metadata", "instance_member", "instance")
+    try:
+        migrate(store, package=name)
+        store.insert(
+            "series_metadata",
+            [["1.1", "2.1", 1, "[]"], ["1.1", "2.1", 2, ""], ["1.1", "2.2", 1, '[{"a":1}]']],
+            ["study_instance_uid", "series_instance_uid", "version", "document"],
+        )
+        instances = [["9.1", "2.1", "1.1", 1, '{"a":1}', 1], ["9.1", "2.2", "1.1", 1, "{}", 2]]
+        store.insert(
+            "instance",
+            instances,
+            ["sop_instance_uid", "series_instance_uid", "study_instance_uid",
+             "instance_number", "metadata", "version"],
+        )  # fmt: skip
+        store.insert(
+            "instance_member",
+            [[r[2], r[1], r[0], r[3], r[4], r[5]] for r in instances],
+            ["study_instance_uid", "series_instance_uid", "sop_instance_uid",
+             "instance_number", "metadata", "version"],
+        )  # fmt: skip
+        before = {t: sorted(store.query(f"SELECT * FROM {t}")) for t in tables}
+        (folder / f"{shipped[9].name}.sql").write_text(shipped[9].sql)
+        assert migrate(store, package=name) == [shipped[9].name]
+        assert {t: sorted(store.query(f"SELECT * FROM {t}")) for t in tables} == before
+        for table in tables:
+            (ddl,) = store.query(
+                "SELECT create_table_query FROM system.tables"
+                " WHERE database = {db:String} AND name = {t:String}",
+                {"db": store.database, "t": table},
+            )[0]
+            assert "index_granularity_bytes" in ddl
+            assert not store.table_exists(f"{table}_009")
+        documents = "SELECT document FROM series_metadata FINAL ORDER BY series_instance_uid"
+        assert store.query(documents) == [("",), ('[{"a":1}]',)]
+    finally:
+        store.close()
