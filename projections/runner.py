@@ -43,6 +43,9 @@ CHECKPOINT_POLL_SECONDS = 0.02
 #: After a partial batch, how long new events may gather before the next
 #: insert when no reader is waiting (readers never wait this long: they poke).
 GATHER_SECONDS = 1.0
+#: How often the background loop of a lone projector on chDB stores its
+#: checkpoint row while events keep coming (see `_save_checkpoint`).
+CHECKPOINT_SECONDS = 1.0
 ERROR_BACKOFF_SECONDS = 1.0
 #: A batch's table inserts run this many at a time (the store's client pool is 4).
 INSERT_THREADS = 4
@@ -153,6 +156,11 @@ class Projector:
         #: owns every partition builds documents: its one clock orders every
         #: mark and document (in a group, marks alone keep readers right).
         self._quiet = documents.QuietSeries() if partitions is None else None
+        #: Positions projected but not yet stored as checkpoint rows (`_save_checkpoint`).
+        self._unsaved: dict[int, int] = {}
+        self._saved_at = time.monotonic()
+        #: Set by the background loop when readers share this object's position.
+        self._coalescing = False
 
     def _inserter(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -215,6 +223,7 @@ class Projector:
         """Forget the cached position (the checkpoint table was swapped by replay)."""
         with self._cond:
             self._loaded = False
+            self._unsaved.clear()
             self._written.forget()
             self._clock_loaded = False
             if self._quiet is not None:
@@ -310,13 +319,9 @@ class Projector:
                 stats.refresh(self._index, self._suffix, touched, version, self._side_by_side)
             else:
                 stats.write(self._index, self._suffix, *found, self._side_by_side)
-        self._insert(
-            "checkpoint",
-            [
-                {"projector": self._name, "partition": p, "next_offset": o, "version": o}
-                for p, o in advanced.items()
-            ],
-        )
+        with self._cond:
+            self._unsaved.update(advanced)
+        self._save_checkpoint(force=not self._coalescing)
         with self._cond:
             for p, o in advanced.items():
                 self._position[p] = max(o, self._position.get(p, 0))
@@ -324,6 +329,34 @@ class Projector:
             self._cond.notify_all()
         if quiet is not None:
             quiet.touch(touched_series)
+
+    def _save_checkpoint(self, *, force: bool = True) -> None:
+        """Store the checkpoint rows of what was projected: after every batch, or
+        while coalescing at most every CHECKPOINT_SECONDS (and when idle or
+        stopping). Readers wait on the position held here, which moves once a
+        batch's rows are in; the stored row is only where a restart resumes, and
+        a restart that re-projects a second of events changes nothing (the
+        tables are idempotent, and the SOP Instance UIDs a batch finds already
+        in receipt_by_sop make its statistics a full refresh). One insert fewer
+        per batch: each costs milliseconds of chDB whatever its size."""
+        with self._cond:
+            if not self._unsaved:
+                return
+            if not force and time.monotonic() - self._saved_at < CHECKPOINT_SECONDS:
+                return
+            unsaved = dict(self._unsaved)
+        self._insert(
+            "checkpoint",
+            [
+                {"projector": self._name, "partition": p, "next_offset": o, "version": o}
+                for p, o in unsaved.items()
+            ],
+        )
+        with self._cond:
+            for p, o in unsaved.items():
+                if self._unsaved.get(p) == o:
+                    del self._unsaved[p]
+            self._saved_at = time.monotonic()
 
     def build_documents(self, everything: bool = False) -> int:
         """Build the /metadata documents of the series quiet long enough (all
@@ -438,6 +471,11 @@ class Projector:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        self._coalescing = False
+        try:
+            self._save_checkpoint()
+        except ChronicleError as exc:  # the rows are in: a restart re-projects them
+            log.warning("could not store the checkpoint on stopping: %s", exc)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -446,9 +484,16 @@ class Projector:
         self._wake.set()
 
     def _loop(self) -> None:
+        # Readers in other processes (a Kafka group, api processes on a
+        # ClickHouse server) wait on the stored rows; on chDB every reader
+        # shares this object's position (api.workers reads it via OwnerState).
+        shared = getattr(self._index, "generation", None) is not None
+        self._coalescing = self._partitions is None and shared
         while not self._stop.is_set():
             try:
                 n = self.run_once()
+                if n == 0:
+                    self._save_checkpoint()
                 if n < self._batch:
                     self.build_documents()
                 self.last_error = ""
