@@ -33,6 +33,7 @@ from api.dimse.server import start_dimse
 from api.roles import CheckpointWatcher
 from api.wiring import Archive, open_archive
 from infra.settings import Settings, load_settings
+from projections import runner
 from schemas.events import Source
 from tests.integration.dimse_harness import ScriptedIngest, StandInArchive
 from tests.support import make_ct, write_part10
@@ -104,8 +105,12 @@ def test_a_listener_needs_some_service(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def owner(tmp_path: Path) -> Iterator[Archive]:
-    """The process that projects (on a server, another process; here the same chDB)."""
+def owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Archive]:
+    """The process that projects (on a server, another process; here the same chDB).
+
+    A lone projector on chDB stores its checkpoint row at most once a second
+    (nobody else reads it there); on a server it stores one per batch, as here."""
+    monkeypatch.setattr(runner, "CHECKPOINT_SECONDS", 0.0)
     settings = load_settings(
         {"data_dir": str(tmp_path), "min_free_bytes": 0, "read_wait_seconds": 0.5}, environ={}
     )
