@@ -108,6 +108,10 @@ def check_identifier(name: str, what: str = "table") -> str:
     return name
 
 
+#: The table the study memory follows (`study_generation`).
+STUDY_TABLE = "study_stats"
+
+
 class ClickHouseStore:
     """`infra.ports.ProjectionStore` for `chdb:///abs/path` or `http(s)://host:port/db`."""
 
@@ -122,6 +126,8 @@ class ClickHouseStore:
         self._clients: list[Client] = []
         self._closed = False
         self._writes = 0
+        #: Writes that may change study_stats (its inserts, and any statement).
+        self._study_writes = 0
         # Embedded only: there every write goes through this object (read_cache.py).
         # CHRONICLE_READ_CACHE=0 turns it off (benchmarks measure both ways).
         cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
@@ -148,7 +154,7 @@ class ClickHouseStore:
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         if _DDL.match(sql):
             self._column_types.clear()
-        with self._writing(), self._lease() as client:
+        with self._writing(study=True), self._lease() as client:
             client.command(sql, parameters=dict(parameters) if parameters else None)
 
     def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
@@ -185,7 +191,7 @@ class ClickHouseStore:
         if not rows:
             return
         key = (table, tuple(column_names))
-        with self._writing(), self._lease() as client:
+        with self._writing(study=table == STUDY_TABLE), self._lease() as client:
             try:
                 types = self._column_types.get(key)
                 if types is None:
@@ -240,24 +246,38 @@ class ClickHouseStore:
         when others may write too (a ClickHouse server): what may be memoised."""
         return self._writes if self.url.startswith("chdb:") else None
 
+    @property
+    def study_generation(self) -> int | None:
+        """Like `generation`, counting only the writes that may change study_stats:
+        the study memory's clock (api.study_memory). A projector batch makes
+        ~10 writes and one of them to study_stats; a search refreshing its
+        memory after each of them ran one statement per write instead of per batch."""
+        return self._study_writes if self.url.startswith("chdb:") else None
+
     @contextmanager
-    def _writing(self) -> Iterator[None]:
-        self._counted(+1)
+    def _writing(self, *, study: bool = False) -> Iterator[None]:
+        self._counted(+1, study)
         if self._cache is not None:
             self._cache.write_started()
         try:
             yield
         finally:
-            self._counted(-1)
+            self._counted(-1, study)
             if self._cache is not None:
                 self._cache.write_finished()
 
-    def _counted(self, step: int) -> None:
+    def _counted(self, step: int, study: bool) -> None:
+        # Counted at a write's start and at its end, like `_writes`: what was
+        # read while it ran is older than either count.
         with self._lock:
             self._writes += 1
             self._in_progress += step
+            if study:
+                self._study_writes += 1
             if self.published is not None:
                 self.published.publish_writes(self._writes, self._in_progress)
+                if study:
+                    self.published.publish_study_writes(self._study_writes)
 
     @contextmanager
     def _lease(self) -> Iterator[Client]:

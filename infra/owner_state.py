@@ -5,8 +5,9 @@ Front-end workers read the embedded index through the owner over loopback
 trip there: has the index changed since an answer was kept (the read cache),
 and does the projection cover the log end yet (read-your-writes). The owner
 publishes both here as it changes them - its index write counter, how many
-writes are in progress, and its projector's checkpoint on partition 0 (the
-embedded log's only one) - and workers read them from the same memory.
+writes are in progress, its projector's checkpoint on partition 0 (the
+embedded log's only one) and its count of writes that may change study_stats
+(the study memory's clock) - and workers read them from the same memory.
 
 Each cell is written by the owner only. A reader may see a write's counter
 before its "in progress" mark or the reverse; either way it sees *some*
@@ -25,8 +26,8 @@ from infra.ports import Position
 
 #: The inherited memory's descriptor in a worker's environment.
 OWNER_STATE_FD_ENV = "CHRONICLE_OWNER_STATE_FD"
-_CELLS = 3  # writes, writes in progress, checkpoint of partition 0
-_WRITES, _IN_PROGRESS, _CHECKPOINT = range(_CELLS)
+_CELLS = 4  # writes, writes in progress, checkpoint of partition 0, study writes
+_WRITES, _IN_PROGRESS, _CHECKPOINT, _STUDY_WRITES = range(_CELLS)
 
 
 class OwnerState:
@@ -57,6 +58,9 @@ class OwnerState:
         self._cells[_IN_PROGRESS] = in_progress
         self._cells[_WRITES] = writes
 
+    def publish_study_writes(self, writes: int) -> None:
+        self._cells[_STUDY_WRITES] = writes
+
     def publish_checkpoint(self, checkpoint: Mapping[int, int]) -> None:
         if set(checkpoint) <= {0}:
             self._cells[_CHECKPOINT] = checkpoint.get(0, 0)
@@ -66,6 +70,14 @@ class OwnerState:
     def writes(self) -> tuple[int, int]:
         """(write counter, writes in progress) of the owner's index."""
         return self._cells[_WRITES], self._cells[_IN_PROGRESS]
+
+    def study_writes(self) -> int:
+        """The owner's count of writes that may change study_stats."""
+        return self._cells[_STUDY_WRITES]
+
+    def checkpoint(self) -> dict[int, int]:
+        """The owner's projection position (partition 0, the embedded log's only one)."""
+        return {0: self._cells[_CHECKPOINT]}
 
     def covers(self, target: Position) -> bool:
         """The owner's projection covers `target` (False: ask the owner)."""

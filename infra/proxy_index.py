@@ -48,6 +48,11 @@ class OwnerProjectionStore:
         """The owner's write counter, when shared (see ClickHouseStore.generation)."""
         return self._state.writes()[0] if self._state is not None else None
 
+    @property
+    def study_generation(self) -> int | None:
+        """The owner's study_stats write counter (see ClickHouseStore.study_generation)."""
+        return self._state.study_writes() if self._state is not None else None
+
     def memo(
         self,
         key: Hashable,
@@ -115,6 +120,8 @@ class OwnerProjectionStore:
         return bool(answer["fresh"])
 
     def checkpoint(self) -> dict[int, int]:
+        if self._state is not None:  # published by the owner as it moves
+            return self._state.checkpoint()
         answer = self._post("/internal/checkpoint", {})
         return {int(p): int(o) for p, o in answer["checkpoint"].items()}
 
