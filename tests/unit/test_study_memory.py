@@ -18,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api import study_memory_match
 from api.query_model import Level, Match, Query
 from api.query_sql import search_sql
 from api.study_memory import StudyMemory, memory_for
+from api.study_memory_match import EXTRA_MAX
 from infra.errors import Invalid
 from infra.factory import open_projection_store
 from infra.ports import ProjectionStore
@@ -244,18 +246,35 @@ def later_batches(draw: st.DrawFn) -> list[list[tuple[int, Any]]]:
     return draw(st.lists(st.lists(batch, min_size=1, max_size=3), min_size=1, max_size=4))
 
 
+@pytest.mark.parametrize("extra_max", [EXTRA_MAX, 1])
 @settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=corpus(), batches=later_batches(), queries=st.lists(study_query(), min_size=1, max_size=4)
 )
 def test_memory_follows_later_batches(
     store: ProjectionStore,
+    extra_max: int,
     rows: list[dict[str, Any]],
     batches: list[list[tuple[int, Any]]],
     queries: list[Query],
 ) -> None:
     """Newer rows: counts only (replaced where they stand), new attributes or
-    new studies (sorted again); the memory answers as SQL after every batch."""
+    new studies (held beside the sorted rows, or sorted again past
+    `extra_max` of those); the memory answers as SQL after every batch."""
+    held = study_memory_match.EXTRA_MAX
+    study_memory_match.EXTRA_MAX = extra_max
+    try:
+        _follow_batches(store, rows, batches, queries)
+    finally:
+        study_memory_match.EXTRA_MAX = held
+
+
+def _follow_batches(
+    store: ProjectionStore,
+    rows: list[dict[str, Any]],
+    batches: list[list[tuple[int, Any]]],
+    queries: list[Query],
+) -> None:
     fill(store, rows)
     memory = StudyMemory(store)
     for query in INDEXED:  # every index built before the first batch
