@@ -19,9 +19,16 @@ from fastapi import APIRouter, Request, Response
 from api.deps import ArchiveDep
 from api.matching import Page, parse_qido, search_page
 from api.negotiation import MediaRange, first_offer, parse_accept, related_type
+from api.pending_studies import without_waiting
 from api.problems import lagging_headers, problem
 from api.query_model import Level, Query
-from api.study_json import JsonPage, absolute_retrieve_url, search_studies_json
+from api.study_json import (
+    JsonPage,
+    absolute_retrieve_url,
+    answered_as_json,
+    search_studies_json,
+)
+from api.study_memory_match import Snapshot
 from infra.errors import Invalid, Unavailable
 from infra.ports import ProjectionStore
 from infra.settings import Settings
@@ -79,6 +86,16 @@ def search_series_instances(
     return _search(request, archive, Level.IMAGE, study=study, series=series)
 
 
+def _without_waiting(archive: Searchable, query: Query) -> Snapshot | None:
+    """A study search nothing pending can change needs no read-your-writes
+    wait: the study memory's rows to answer it from, else None."""
+    if not answered_as_json(query):
+        return None
+    event_log = getattr(archive, "log", None)
+    projector = getattr(archive, "projector", None)
+    return without_waiting(event_log, projector, archive.index, query)
+
+
 def _search(
     request: Request,
     archive: Searchable,
@@ -100,10 +117,11 @@ def _search(
         )
     except Invalid as exc:
         return problem(400, "Bad Request", str(exc))
-    fresh = archive.read_barrier()
+    early = _without_waiting(archive, query) if reply == "json" else None
+    fresh = early is not None or archive.read_barrier()
     base = dicomweb_base(request, archive.settings)
     try:
-        page = _page(archive.index, query, reply, base)
+        page = _page(archive.index, query, reply, base, early)
     except Invalid as exc:
         # The query was validated above, so the index refusing it is our fault.
         log.exception("QIDO-RS search failed: %s", request.url)
@@ -130,10 +148,12 @@ def _search(
     )
 
 
-def _page(index: ProjectionStore, query: Query, reply: str, base: str) -> Page | JsonPage:
+def _page(
+    index: ProjectionStore, query: Query, reply: str, base: str, snapshot: Snapshot | None
+) -> Page | JsonPage:
     """A study search answered in DICOM JSON is joined from kept JSON text
     (api.study_json), unless it needs stored metadata; the rest as dicts."""
-    found = search_studies_json(index, query, base) if reply == "json" else None
+    found = search_studies_json(index, query, base, snapshot) if reply == "json" else None
     return found if found is not None else search_page(index, query)
 
 

@@ -20,17 +20,21 @@ import orjson
 from api.query_model import Query
 from api.query_sql import search_sql, unpack_answer
 from api.study_memory import memory_for
+from api.study_memory_match import Snapshot
 from infra.ports import ProjectionStore
 
 #: How an answered attribute is read from a page row (api.matching).
 Getter = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def study_rows(index: ProjectionStore, query: Query) -> tuple[list[dict[str, Any]], bool]:
+def study_rows(
+    index: ProjectionStore, query: Query, snapshot: Snapshot | None = None
+) -> tuple[list[dict[str, Any]], bool]:
     """A study search's page rows (packed answer, version, aggregates) and whether
-    more follow: from the process's study memory, or by SQL (api.study_memory)."""
+    more follow: from the process's study memory (`snapshot` when given), or by
+    SQL (api.study_memory)."""
     memory = memory_for(index)
-    found = memory.search(query) if memory is not None else None
+    found = memory.search(query, snapshot) if memory is not None else None
     if found is not None:
         return found
     sql, params = search_sql(query)

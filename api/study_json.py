@@ -19,6 +19,7 @@ from api.matching import answer_getters
 from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
 from api.study_answers import kept_answers, kept_json, study_rows
+from api.study_memory_match import Snapshot
 from infra.ports import ProjectionStore
 
 RETRIEVE_URL = "00081190"
@@ -31,15 +32,25 @@ class JsonPage:
     more: bool
 
 
-def search_studies_json(index: ProjectionStore, query: Query, base: str) -> JsonPage | None:
-    """A study search's page as JSON text, or None when its answers need the
-    stored metadata (includefield of an attribute without a column)."""
-    columns, tags = return_keys(query)
-    if query.level is not Level.STUDY or query.dimse or tags or query.include_all:
+def answered_as_json(query: Query) -> bool:
+    """Whether `search_studies_json` answers this query (its answers need no
+    stored metadata: no includefield of an attribute without a column)."""
+    _, tags = return_keys(query)
+    return query.level is Level.STUDY and not query.dimse and not tags and not query.include_all
+
+
+def search_studies_json(
+    index: ProjectionStore, query: Query, base: str, snapshot: Snapshot | None = None
+) -> JsonPage | None:
+    """A study search's page as JSON text, or None when not `answered_as_json`.
+    From the study memory's `snapshot` when given (not kept: other searches
+    may need newer rows), else from the rows at the current write generation."""
+    if not answered_as_json(query):
         return None
+    columns, _ = return_keys(query)
 
     def build() -> list[dict[str, Any]]:
-        rows, more = study_rows(index, query)
+        rows, more = study_rows(index, query, snapshot)
         getters = answer_getters(query, columns)
         shape = ("json", tuple(columns), base)
 
@@ -52,7 +63,7 @@ def search_studies_json(index: ProjectionStore, query: Query, base: str) -> Json
         parts = kept_answers(index, keys, make)
         return [{"body": b"[" + b",".join(parts) + b"]", "matches": len(parts), "more": more}]
 
-    memo = getattr(index, "memo", None)
+    memo = getattr(index, "memo", None) if snapshot is None else None
     key = ("studies_json", query, base)
     kept = memo(key, build, _weigh) if memo is not None else build()
     return JsonPage(kept[0]["body"], int(kept[0]["matches"]), bool(kept[0]["more"]))

@@ -38,6 +38,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from api.query_model import Level, Query
@@ -75,17 +76,24 @@ class StudyMemory:
         self._index = weakref.ref(index)
         self._lock = threading.Lock()
         self._snapshot: Snapshot | None = None
+        #: Where the projections stand (api.pending_studies): read before each
+        #: refresh, so a snapshot covers at least that position.
+        self._position_of: Callable[[], dict[int, int]] | None = None
+        self._refreshing = threading.Lock()
 
-    def search(self, query: Query) -> tuple[list[dict[str, Any]], bool] | None:
+    def search(
+        self, query: Query, snapshot: Snapshot | None = None
+    ) -> tuple[list[dict[str, Any]], bool] | None:
         """(rows as the SQL study search returns them, more follow?), or None:
-        this query (or this store) is one for SQL."""
+        this query (or this store) is one for SQL. From `snapshot` when given,
+        else from the rows at the store's current write generation."""
         if query.level is not Level.STUDY:
             return None
         conditions(query, Params())  # refuses what SQL would refuse, the same way
         checks = predicates(query)
         if checks is None:
             return None
-        snapshot = self._current()
+        snapshot = snapshot if snapshot is not None else self._current()
         if snapshot is None:
             return None
         found: list[StudyRow] = []
@@ -98,6 +106,36 @@ class StudyMemory:
         page = found[query.offset :]
         return [row.answer_row() for row in page[: query.limit]], len(page) > query.limit
 
+    def latest(self, position_of: Callable[[], dict[int, int]]) -> Snapshot | None:
+        """The newest rows held, at once, with the projector position they cover
+        (`position_of` is asked before every refresh), or None before the first
+        refresh that knew it. When the store changed since, a refresh starts on
+        a thread of its own: a search need not wait for it (api.pending_studies)."""
+        self._position_of = position_of
+        index = self._index()
+        snapshot = self._snapshot
+        clock = _clock(index) if index is not None else None
+        if clock is None or index is None or snapshot is None:
+            return None
+        if snapshot.generation == clock:
+            # Nothing written to study_stats since these rows were read: they
+            # cover where the projections stand now (read between two looks
+            # at the clock: a write that started in between moves it).
+            position = self._position()
+            if position is not None and _clock(index) == clock:
+                snapshot.position = position
+        elif self._refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh, name="study-memory", daemon=True).start()
+        return snapshot if snapshot.position is not None else None
+
+    def _refresh(self) -> None:
+        try:
+            self._current()
+        except Exception as exc:  # the next search that needs it refreshes (and says)
+            log.debug("study memory not refreshed in the background: %s", exc)
+        finally:
+            self._refreshing.release()
+
     def warm(self) -> None:
         """Load the rows and build every index now, not in the first searches
         (at a million instances ~0.3 s per process, the p99 of those searches)."""
@@ -107,7 +145,7 @@ class StudyMemory:
 
     def _current(self) -> Snapshot | None:
         index = self._index()
-        generation = getattr(index, "generation", None) if index is not None else None
+        generation = _clock(index) if index is not None else None
         if index is None or generation is None:
             return None
         snapshot = self._snapshot
@@ -118,6 +156,7 @@ class StudyMemory:
             if snapshot is not None and snapshot.generation == generation:
                 return snapshot
             since = snapshot.newest_version if snapshot is not None else 0
+            position = self._position()
             rows = index.query_dicts(REFRESH_SQL, {"since": since})
             fresh = Snapshot.updated(snapshot, rows, generation)
             if snapshot is not None and (not rows or int(rows[0]["total"]) != len(fresh)):
@@ -128,8 +167,23 @@ class StudyMemory:
                 fresh = Snapshot.updated(None, rows, generation)
             if len(fresh) > MAX_STUDIES:
                 return None
+            fresh.position = position
             self._snapshot = fresh
             return fresh
+
+    def _position(self) -> dict[int, int] | None:
+        try:
+            return self._position_of() if self._position_of is not None else None
+        except Exception as exc:  # no position: searches wait as before
+            log.debug("projection position unknown: %s", exc)
+            return None
+
+
+def _clock(index: ProjectionStore) -> int | None:
+    """The count of the store's writes that may change study_stats, or its
+    count of all writes where it keeps none of its own."""
+    study = getattr(index, "study_generation", None)
+    return study if study is not None else getattr(index, "generation", None)
 
 
 def warm_in_background(index: ProjectionStore) -> None:
