@@ -43,8 +43,9 @@ def search_studies_json(
     index: ProjectionStore, query: Query, base: str, snapshot: Snapshot | None = None
 ) -> JsonPage | None:
     """A study search's page as JSON text, or None when not `answered_as_json`.
-    From the study memory's `snapshot` when given (not kept: other searches
-    may need newer rows), else from the rows at the current write generation."""
+    From the study memory's `snapshot` when given (kept under its generation:
+    other searches may need newer rows), else from the rows at the current
+    write generation."""
     if not answered_as_json(query):
         return None
     columns, _ = return_keys(query)
@@ -63,8 +64,8 @@ def search_studies_json(
         parts = kept_answers(index, keys, make)
         return [{"body": b"[" + b",".join(parts) + b"]", "matches": len(parts), "more": more}]
 
-    memo = getattr(index, "memo", None) if snapshot is None else None
-    key = ("studies_json", query, base)
+    memo = getattr(index, "memo", None)
+    key = ("studies_json", query, base, None if snapshot is None else snapshot.generation)
     kept = memo(key, build, _weigh) if memo is not None else build()
     return JsonPage(kept[0]["body"], int(kept[0]["matches"]), bool(kept[0]["more"]))
 
