@@ -87,14 +87,22 @@ def _eventually(check: Any, seconds: float = 10.0) -> bool:
     return bool(check())
 
 
+def _following(
+    store: ProjectionStore, *, shared: bool
+) -> tuple[CountingStore, GrowingLog, Projector]:
+    """A projector's background loop, one event per batch, on a filled log."""
+    counting = CountingStore(store, shared=shared)
+    log = _filled(GrowingLog())
+    projector = Projector(log, counting, suffix=SUFFIX, batch=1, gather_seconds=0)  # type: ignore[arg-type]
+    projector.start()
+    return counting, log, projector
+
+
 def test_the_loop_stores_one_row_for_a_run_of_batches_and_readers_do_not_wait_for_it(
     store: ProjectionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "CHECKPOINT_SECONDS", 3600.0)
-    counting = CountingStore(store, shared=True)
-    log = _filled(GrowingLog())
-    projector = Projector(log, counting, suffix=SUFFIX, batch=1, gather_seconds=0)  # type: ignore[arg-type]
-    projector.start()
+    counting, log, projector = _following(store, shared=True)
     try:
         assert projector.wait(log.end(), timeout=30)
         # Caught up: the idle loop stores the row (once, whatever it held).
@@ -115,10 +123,7 @@ def test_the_loop_stores_while_events_keep_coming_every_checkpoint_seconds(
     store: ProjectionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runner, "CHECKPOINT_SECONDS", 0.0)
-    counting = CountingStore(store, shared=True)
-    log = _filled(GrowingLog())
-    projector = Projector(log, counting, suffix=SUFFIX, batch=1, gather_seconds=0)  # type: ignore[arg-type]
-    projector.start()
+    counting, log, projector = _following(store, shared=True)
     try:
         assert projector.wait(log.end(), timeout=30)
     finally:
