@@ -35,11 +35,13 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from api.query_model import Level, Query
-from api.study_memory import memory_for
-from api.study_memory_match import Check, Snapshot, StudyRow, predicates
+from api.roles import ProjectionFeed
+from api.study_memory import PN_COLUMNS, TM_COLUMNS, memory_for
+from api.study_memory_match import Check, matches, predicates
+from api.study_snapshot import Snapshot, StudyRow
 from infra.errors import ChronicleError
 from infra.ports import EventLog, LogRecord, ProjectionStore, covers
 from infra.sqlite_log import SqliteEventLog
@@ -61,14 +63,11 @@ _MOVED_SQL = (
 )
 
 
-class Positioned(Protocol):
-    """The projector, or a worker's view of the owner's (api.roles.ProjectionFeed)."""
-
-    def checkpoint(self) -> dict[int, int]: ...
-
-
 def without_waiting(
-    event_log: EventLog | None, projector: Positioned | None, index: ProjectionStore, query: Query
+    event_log: EventLog | None,
+    projector: ProjectionFeed | None,
+    index: ProjectionStore,
+    query: Query,
 ) -> Snapshot | None:
     """The study memory's rows to answer the study search `query` from now,
     without a read-your-writes wait: they cover the log end, or no event short
@@ -124,10 +123,10 @@ def _unchanged(
         classes.add(sop_class)
     for study, attributes, _, _ in events:
         current = snapshot.by_uid.get(study)
-        if current is not None and _matches(current, checks):
+        if current is not None and matches(current, checks):
             return False
         candidate = _candidate(attributes, *widened[study])
-        if candidate is None or _matches(candidate, checks):
+        if candidate is None or matches(candidate, checks):
             return False
     return not _left_studies_match(index, snapshot, checks, events)
 
@@ -143,15 +142,15 @@ class _Decoded:
     def __init__(self, bound: int = DECODED_MAX) -> None:
         self._bound = bound
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[str, int, int], _Event | None | bool] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, int, int], tuple[_Event, ...] | None] = OrderedDict()
 
     def events(self, where: str, records: list[LogRecord]) -> list[_Event] | None:
         events: list[_Event] = []
         for record in records:
             key = (where, record.partition, record.offset)
             with self._lock:
-                found = self._kept.get(key, False)
-            if found is False:
+                found = self._kept.get(key, _UNREAD)
+            if found is _UNREAD:
                 found = _stored(record)
                 with self._lock:
                     self._kept[key] = found
@@ -159,33 +158,32 @@ class _Decoded:
                         self._kept.popitem(last=False)
             if found is None:
                 return None
-            if found is not True:
-                assert isinstance(found, tuple)
-                events.append(found)
+            events += found
         return events
 
 
-def _stored(record: LogRecord) -> _Event | None | bool:
+#: Not read yet (None is kept for an event that is not simple).
+_UNREAD: Any = object()
+
+
+def _stored(record: LogRecord) -> tuple[_Event, ...] | None:
     """A pending InstanceStored's study row (with its SOP Instance UID under the
-    key "sop"), modality and SOP class; True for an event that changes no study,
-    None for one that is not that simple."""
+    key "sop"), modality and SOP class; nothing for an event that changes no
+    study; None for one that is not that simple."""
     try:
-        kind = codec.peek_type(record.value)
-        if kind in _IGNORED:
-            return True
+        if codec.peek_type(record.value) in _IGNORED:
+            return ()
         envelope = codec.decode(record.value)
     except codec.DecodeError:
         return None
     payload = envelope.payload
-    if kind != InstanceStored.TYPE or not isinstance(payload, InstanceStored):
-        return None
-    if payload.sidecar or payload.frames_sidecar:
+    if not isinstance(payload, InstanceStored) or payload.sidecar or payload.frames_sidecar:
         return None
     rows = rows_for(record, envelope, None).tables
     study = dict(rows["study"][0])
     study["sop"] = payload.sop_instance_uid
     modality = str(rows["series"][0]["modality"])
-    return (payload.study_instance_uid, study, modality, payload.sop_class_uid)
+    return ((payload.study_instance_uid, study, modality, payload.sop_class_uid),)
 
 
 _DECODED = _Decoded()
@@ -201,13 +199,9 @@ def _left_studies_match(
     for sop, study in index.query(_MOVED_SQL, {"uids": sorted(going)}):
         if str(study) != going[str(sop)]:
             left = snapshot.by_uid.get(str(study))
-            if left is not None and _matches(left, checks):
+            if left is not None and matches(left, checks):
                 return True
     return False
-
-
-def _matches(row: StudyRow, checks: Sequence[Check]) -> bool:
-    return row.n_instances > 0 and all(check(row) for check in checks)
 
 
 def _candidate(
@@ -216,12 +210,12 @@ def _candidate(
     """The study's row as this event would leave it, or None when its values
     are not ones Python derives as ClickHouse does (non-ASCII names, times)."""
     derived: dict[str, Any] = {}
-    for pn in ("patient_name", "referring_physician_name"):
+    for pn in PN_COLUMNS:
         value = str(attributes.get(pn, ""))
         if not value.isascii():
             return None
         derived[f"{pn}_lower"] = value.lower()
-    for tm in ("patient_birth_time", "study_time"):
+    for tm in TM_COLUMNS:
         value = str(attributes.get(tm, ""))
         if not value.isascii():
             return None

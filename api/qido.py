@@ -28,7 +28,7 @@ from api.study_json import (
     answered_as_json,
     search_studies_json,
 )
-from api.study_memory_match import Snapshot
+from api.study_snapshot import Snapshot
 from infra.errors import Invalid, Unavailable
 from infra.ports import ProjectionStore
 from infra.settings import Settings

@@ -20,7 +20,7 @@ import orjson
 from api.query_model import Query
 from api.query_sql import search_sql, unpack_answer
 from api.study_memory import memory_for
-from api.study_memory_match import Snapshot
+from api.study_snapshot import Snapshot
 from infra.ports import ProjectionStore
 
 #: How an answered attribute is read from a page row (api.matching).

@@ -19,7 +19,7 @@ from api.matching import answer_getters
 from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
 from api.study_answers import kept_answers, kept_json, study_rows
-from api.study_memory_match import Snapshot
+from api.study_snapshot import Snapshot
 from infra.ports import ProjectionStore
 
 RETRIEVE_URL = "00081190"

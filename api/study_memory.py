@@ -7,15 +7,19 @@ and, in a worker process, the hop to the owner and back. A study row is small
 live table, sorted in the answer order, and answers QIDO-RS /studies and
 C-FIND at STUDY level from it:
 
-* Freshness follows the index's write counter (`generation`, the read cache's
-  clock). After a write the next search reads the rows whose version is at
-  least the newest one it holds (`version` grows with every projector batch,
-  and a replay writes every row at the log's length), so a refresh reads what
-  the batches since wrote, not the table. The same statement counts the
+* Freshness follows the index's count of the writes that may change
+  study_stats (`study_generation`; `generation`, the count of all writes,
+  where a store keeps no such count). After such a write the next search
+  reads the rows whose version is at least the newest one it holds
+  (`version` grows with every projector batch, and a replay writes every row
+  at the log's length), so a refresh reads what the batches since wrote, not
+  the table. The same statement counts the
   table's studies: a new study written below that version (a Kafka group
   member's count of events drops when it gives up partitions) makes the
   counts differ, and every row is read again. A search runs after its
-  read-your-writes wait, so the rows it needs are in the table by then.
+  read-your-writes wait, so the rows it needs are in the table by then; or,
+  from the newest rows held, when no event still pending can change its
+  answer (`latest`, api.pending_studies).
 * Matching mirrors `api.query_sql` rule for rule. What SQL computes and Python
   could compute differently (`lowerUTF8`, a stored time's normal form) is read
   from SQL, as columns of the refresh; a PN value with non-ASCII letters
@@ -43,7 +47,8 @@ from typing import Any
 
 from api.query_model import Level, Query
 from api.query_sql import Params, _tm_sql, conditions
-from api.study_memory_match import Snapshot, StudyRow, candidates, predicates
+from api.study_memory_match import candidates, matches, predicates
+from api.study_snapshot import Snapshot, StudyRow
 from infra.ports import ProjectionStore
 
 log = logging.getLogger("chronicle.study_memory")
@@ -51,8 +56,10 @@ MEMORY_ENV = "CHRONICLE_STUDY_MEMORY"
 #: Past this many studies a refresh's re-sort costs more than a statement.
 MAX_STUDIES = 300_000
 
-_PN = ("patient_name", "referring_physician_name")
-_TM = ("patient_birth_time", "study_time")
+#: PN columns held lowered (`lowerUTF8`) and TM columns held in normal form
+#: (`_tm_sql`): values SQL derives, which Python could derive differently.
+PN_COLUMNS = ("patient_name", "referring_physician_name")
+TM_COLUMNS = ("patient_birth_time", "study_time")
 _PLAIN = (
     "study_instance_uid", "version", "answer", "n_series", "n_instances", "modalities",
     "sop_classes", "patient_id", "issuer_of_patient_id", "patient_birth_date",
@@ -61,9 +68,9 @@ _PLAIN = (
 )  # fmt: skip
 REFRESH_SQL = (
     f"SELECT {', '.join(_PLAIN)}, "
-    + ", ".join(f"lowerUTF8({c}) AS {c}_lower, {c}_norm" for c in _PN)
+    + ", ".join(f"lowerUTF8({c}) AS {c}_lower, {c}_norm" for c in PN_COLUMNS)
     + ", "
-    + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in _TM)
+    + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in TM_COLUMNS)
     + ", (SELECT count() FROM study_stats FINAL) AS total"
     + " FROM study_stats FINAL WHERE version >= {since:UInt64}"
 )
@@ -99,7 +106,7 @@ class StudyMemory:
         found: list[StudyRow] = []
         wanted = query.offset + query.limit + 1
         for row in candidates(snapshot, query):
-            if row.n_instances > 0 and all(check(row) for check in checks):
+            if matches(row, checks):
                 found.append(row)
                 if len(found) == wanted:
                     break

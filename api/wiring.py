@@ -23,7 +23,8 @@ from infra.settings import ROLES, Settings
 from ingest.service import IngestService
 from projections.commitment import REACTOR, CommitmentReactor
 from projections.commitment_rules import ReportPolicy
-from projections.runner import PartitionSource, Projector
+from projections.partitions import PartitionSource
+from projections.runner import Projector
 
 log = logging.getLogger("chronicle")
 

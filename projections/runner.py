@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
@@ -30,8 +29,9 @@ from infra.owner_state import OwnerState
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
 from projections import documents, members, stats
 from projections.conflicts import receipt_by_sop_rows
+from projections.partitions import PartitionReader, PartitionSource
 from projections.rows import Row, Rows, rows_for
-from projections.written import LastWritten
+from projections.written import LEVEL_TABLES, REPLACING_KEYS, LastWritten, newest_per_key
 from schemas import codec
 from schemas.events import InstanceStored
 
@@ -49,60 +49,6 @@ CHECKPOINT_SECONDS = 1.0
 ERROR_BACKOFF_SECONDS = 1.0
 #: A batch's table inserts run this many at a time (the store's client pool is 4).
 INSERT_THREADS = 4
-
-
-#: Tables whose rows replace each other by key (ReplacingMergeTree ORDER BY).
-REPLACING_KEYS: dict[str, tuple[str, ...]] = {
-    "patient": ("patient_id", "issuer_of_patient_id"),
-    "study": ("study_instance_uid",),
-    "series": ("series_instance_uid",),
-    "instance": ("sop_instance_uid",),
-}
-
-#: Tables whose rows repeat from batch to batch (every instance carries its
-#: patient, study and series): an unchanged row is not written again.
-LEVEL_TABLES = ("patient", "study", "series")
-
-
-class Assignment(Protocol):
-    """The partitions a projector owns under one generation of its group."""
-
-    @property
-    def generation(self) -> int: ...
-
-    @property
-    def partitions(self) -> frozenset[int]: ...
-
-
-class PartitionSource(Protocol):
-    """Which partitions to project (`infra.kafka_group.PartitionOwnership`).
-
-    held() keeps the assignment from being handed to another projector until
-    the batch projected under it has written its rows and checkpoint."""
-
-    def held(self) -> AbstractContextManager[Assignment]: ...
-
-
-#: `KafkaEventLog.read_partitions`: read() over some partitions only.
-PartitionReader = Callable[[Position, Collection[int], int], list[LogRecord]]
-
-
-def newest_per_key(table: str, rows: list[Row]) -> list[Row]:
-    """One row per key within a batch: the one ReplacingMergeTree would keep.
-
-    Every instance of a study writes the study's row again; inserting 100 rows
-    where the table keeps one made each part 100 times larger than needed and
-    left FINAL that much more to merge at query time."""
-    key = REPLACING_KEYS.get(table)
-    if key is None or len(rows) < 2:
-        return rows
-    newest: dict[tuple[Any, ...], Row] = {}
-    for row in rows:
-        k = tuple(row[c] for c in key)
-        kept = newest.get(k)
-        if kept is None or row["version"] >= kept["version"]:
-            newest[k] = row
-    return list(newest.values())
 
 
 class Projector:

@@ -208,7 +208,7 @@ def fresh_rows(
     The caller guarantees the SOP Instance UIDs are new (none in receipt_by_sop,
     none twice in the batch) and newer than every stored version of their study
     (one partition), and passes one row per study (the newest, as inserted:
-    `runner.newest_per_key`). None when the batch is not that simple (a series
+    `written.newest_per_key`). None when the batch is not that simple (a series
     known under another study, a study without its row in the batch): then
     `refresh`.
     """

@@ -1,4 +1,5 @@
-"""The level rows a projector wrote last, so an unchanged one is not written again.
+"""The level rows a projector wrote last, so an unchanged one is not written again;
+and, within a batch, only the newest row per key (`newest_per_key`).
 
 Every instance of a study carries its patient, study and series attributes, so
 each projector batch wrote those three rows again with a newer version: under
@@ -24,6 +25,36 @@ from projections.rows import Row
 
 #: Keys remembered per table; least recently written out first.
 WRITTEN_MAX = 10_000
+
+#: Tables whose rows replace each other by key (ReplacingMergeTree ORDER BY).
+REPLACING_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("patient_id", "issuer_of_patient_id"),
+    "study": ("study_instance_uid",),
+    "series": ("series_instance_uid",),
+    "instance": ("sop_instance_uid",),
+}
+
+#: Tables whose rows repeat from batch to batch (every instance carries its
+#: patient, study and series): an unchanged row is not written again.
+LEVEL_TABLES = ("patient", "study", "series")
+
+
+def newest_per_key(table: str, rows: list[Row]) -> list[Row]:
+    """One row per key within a batch: the one ReplacingMergeTree would keep.
+
+    Every instance of a study writes the study's row again; inserting 100 rows
+    where the table keeps one made each part 100 times larger than needed and
+    left FINAL that much more to merge at query time."""
+    key = REPLACING_KEYS.get(table)
+    if key is None or len(rows) < 2:
+        return rows
+    newest: dict[tuple[Any, ...], Row] = {}
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        kept = newest.get(k)
+        if kept is None or row["version"] >= kept["version"]:
+            newest[k] = row
+    return list(newest.values())
 
 
 class LastWritten:

@@ -16,7 +16,7 @@ from api.matching import parse_qido
 from api.pending_studies import PENDING_MAX, normal_time, without_waiting
 from api.query_model import Level, Query
 from api.study_memory import memory_for
-from api.study_memory_match import Snapshot
+from api.study_snapshot import Snapshot
 from infra.factory import open_projection_store
 from infra.migrations import migrate
 from infra.ports import ProjectionStore

@@ -16,7 +16,7 @@ from infra.factory import open_projection_store
 from infra.migrations import migrate
 from infra.ports import ProjectionStore
 from projections import stats
-from projections.runner import newest_per_key
+from projections.written import newest_per_key
 
 REFRESHED, REBUILT = "_refreshed", "_rebuilt"
 _COLUMNS = ["study_instance_uid", "series_instance_uid", "sop_instance_uid", "modality",

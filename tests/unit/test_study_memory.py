@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api import study_memory_match
+from api import study_snapshot
 from api.query_model import Level, Match, Query
 from api.query_sql import search_sql
 from api.study_memory import StudyMemory, memory_for
-from api.study_memory_match import EXTRA_MAX
+from api.study_snapshot import EXTRA_MAX
 from infra.errors import Invalid
 from infra.factory import open_projection_store
 from infra.ports import ProjectionStore
@@ -261,12 +261,12 @@ def test_memory_follows_later_batches(
     """Newer rows: counts only (replaced where they stand), new attributes or
     new studies (held beside the sorted rows, or sorted again past
     `extra_max` of those); the memory answers as SQL after every batch."""
-    held = study_memory_match.EXTRA_MAX
-    study_memory_match.EXTRA_MAX = extra_max
+    held = study_snapshot.EXTRA_MAX
+    study_snapshot.EXTRA_MAX = extra_max
     try:
         _follow_batches(store, rows, batches, queries)
     finally:
-        study_memory_match.EXTRA_MAX = held
+        study_snapshot.EXTRA_MAX = held
 
 
 def _follow_batches(

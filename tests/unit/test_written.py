@@ -14,8 +14,8 @@ from infra.migrations import migrate
 from infra.ports import ProjectionStore
 from projections.replay import TABLES
 from projections.rows import rows_for
-from projections.runner import Projector, newest_per_key
-from projections.written import LastWritten
+from projections.runner import Projector
+from projections.written import LastWritten, newest_per_key
 from schemas import codec
 from tests.unit.test_members import OnePartitionLog, instance_event
 
