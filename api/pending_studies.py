@@ -18,7 +18,8 @@ search would show, now or at any point up to the log end:
   attributes are checked: no state in between may match either);
 * an instance it moves away from another study (its SOP Instance UID stored
   there before, `receipt_by_sop`) leaves a study that does not match now
-  (losing an instance only narrows a study: it cannot start to match).
+  (losing an instance only narrows a study: it cannot start to match). Only
+  the UIDs a per-process filter may hold are looked up (api.stored_sops).
 
 Anything else waits as before: another event type that changes studies, a
 sidecar (metadata in the blob store), a name or time that is not ASCII (the
@@ -39,6 +40,7 @@ from typing import Any
 
 from api.query_model import Level, Query
 from api.roles import ProjectionFeed
+from api.stored_sops import StoredSops, stored_sops_for
 from api.study_memory import PN_COLUMNS, TM_COLUMNS, memory_for
 from api.study_memory_match import Check, matches, predicates
 from api.study_snapshot import Snapshot, StudyRow
@@ -85,6 +87,8 @@ def without_waiting(
         if snapshot is None or snapshot.position is None:
             return None
         position = snapshot.position
+        stored = stored_sops_for(event_log, index)
+        stored.prepare(projector.checkpoint())  # built before it is needed
         target = event_log.end()
         if covers(position, target):
             return snapshot
@@ -95,23 +99,23 @@ def without_waiting(
         records = [r for r in read if r.offset < target.get(r.partition, 0)]
         if len(records) != pending:
             return None
-        where = str(event_log.path)
-        return snapshot if _unchanged(where, index, snapshot, checks, records) else None
+        found = _unchanged(str(event_log.path), snapshot, checks, records)
+        if found is None or _left_studies_match(index, stored, projector, snapshot, checks, found):
+            return None
+        return snapshot
     except ChronicleError as exc:  # the wait decides, and says what failed
         log.debug("pending events not checked: %s", exc)
         return None
 
 
 def _unchanged(
-    where: str,
-    index: ProjectionStore,
-    snapshot: Snapshot,
-    checks: Sequence[Check],
-    records: list[LogRecord],
-) -> bool:
+    where: str, snapshot: Snapshot, checks: Sequence[Check], records: list[LogRecord]
+) -> list[_Event] | None:
+    """The pending events, when none changes a study the search shows (the
+    instances they move aside), else None."""
     events = _DECODED.events(where, records)
     if events is None:
-        return False
+        return None
     widened: dict[str, tuple[set[str], set[str]]] = {}
     for study, _, modality, sop_class in events:
         row = snapshot.by_uid.get(study)
@@ -124,11 +128,11 @@ def _unchanged(
     for study, attributes, _, _ in events:
         current = snapshot.by_uid.get(study)
         if current is not None and matches(current, checks):
-            return False
+            return None
         candidate = _candidate(attributes, *widened[study])
         if candidate is None or matches(candidate, checks):
-            return False
-    return not _left_studies_match(index, snapshot, checks, events)
+            return None
+    return events
 
 
 _Event = tuple[str, dict[str, Any], str, str]  # study, study row, modality, SOP class
@@ -190,13 +194,23 @@ _DECODED = _Decoded()
 
 
 def _left_studies_match(
-    index: ProjectionStore, snapshot: Snapshot, checks: Sequence[Check], events: list[_Event]
+    index: ProjectionStore,
+    stored: StoredSops,
+    projector: ProjectionFeed,
+    snapshot: Snapshot,
+    checks: Sequence[Check],
+    events: list[_Event],
 ) -> bool:
-    """Whether an instance moves away from a study that matches now."""
+    """Whether an instance moves away from a study that matches now. Only the
+    UIDs with a receipt in the snapshot's rows can move (a receipt made after
+    them is a pending event, whose own study was checked): those the filter
+    may hold are asked by SQL."""
     going = {str(attributes["sop"]): study for study, attributes, _, _ in events}
-    if not going:
+    position = snapshot.position or {}
+    asked = stored.may_hold(going, position, projector.checkpoint()) if going else set()
+    if not asked:
         return False
-    for sop, study in index.query(_MOVED_SQL, {"uids": sorted(going)}):
+    for sop, study in index.query(_MOVED_SQL, {"uids": sorted(asked)}):
         if str(study) != going[str(sop)]:
             left = snapshot.by_uid.get(str(study))
             if left is not None and matches(left, checks):

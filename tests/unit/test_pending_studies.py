@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from api.matching import parse_qido
 from api.pending_studies import PENDING_MAX, normal_time, without_waiting
 from api.query_model import Level, Query
+from api.stored_sops import stored_sops_for
 from api.study_memory import memory_for
 from api.study_snapshot import Snapshot
 from infra.factory import open_projection_store
@@ -83,6 +84,11 @@ class Archive:
         memory.latest(self.projector.checkpoint)
         memory.search(_query({}))
 
+    def filter_stored(self) -> None:
+        """Build the process's filter of stored SOP UIDs now (a search builds
+        it on a thread of its own, and asks SQL until then)."""
+        stored_sops_for(self.log, self.index).build(self.projector.checkpoint())
+
     def early(self, keys: dict[str, str]) -> Snapshot | None:
         return without_waiting(self.log, self.projector, self.index, _query(keys))
 
@@ -145,6 +151,31 @@ def test_an_instance_moved_away_waits_for_the_study_it_leaves(archive: Archive) 
     assert archive.unchanged({"PatientName": "JONES*"})
 
 
+def test_with_the_filter_a_moved_instance_still_waits(archive: Archive) -> None:
+    archive.filter_stored()
+    archive.append(_event(5, 1, "ZED^ZOE", "US", "20230101"))  # SOP 1.3.1 was in study 1
+    assert not archive.unchanged({"PatientName": "SMITH*"})
+    assert archive.unchanged({"PatientName": "JONES*"})
+
+
+def test_with_the_filter_new_instances_ask_no_statement(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.filter_stored()
+    archive.append(_event(9, 90, "MILLER^CAL", "CT", "20200202"))
+    archive.append(_event(9, 91, "MILLER^CAL", "CT", "20200202"))
+    asked: list[str] = []
+    query = archive.index.query
+
+    def counted(sql: str, parameters: Any = None) -> Any:
+        asked.append(sql)
+        return query(sql, parameters)
+
+    monkeypatch.setattr(archive.index, "query", counted)
+    assert archive.unchanged({"PatientName": "SMITH*"})
+    assert not [sql for sql in asked if "receipt_by_sop" in sql]
+
+
 def test_names_python_cannot_lower_as_clickhouse_does_wait(archive: Archive) -> None:
     archive.append(_event(7, 12, "MÜLLER^DORA", "US", "20230101"))
     assert not archive.unchanged({"PatientName": "JONES*"})
@@ -183,25 +214,35 @@ _EVENT = st.tuples(
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(stored=st.lists(_EVENT, min_size=1, max_size=6), pending=st.lists(_EVENT, max_size=4))
+@given(
+    stored=st.lists(_EVENT, min_size=1, max_size=6),
+    pending=st.lists(_EVENT, max_size=4),
+    filtered=st.booleans(),
+)
 # A shown study renamed away from the search, and an instance moved out of one.
 @example(
-    stored=[(1, 1, "SMITH^ANNA", "CT", "20200105")], pending=[(1, 2, "JONES^CY", "CT", "20200105")]
+    stored=[(1, 1, "SMITH^ANNA", "CT", "20200105")],
+    pending=[(1, 2, "JONES^CY", "CT", "20200105")],
+    filtered=False,
 )
 @example(
     stored=[(1, 1, "SMITH^ANNA", "CT", "20200105"), (1, 2, "SMITH^ANNA", "CT", "20200105")],
     pending=[(2, 1, "JONES^CY", "MR", "20210612")],
+    filtered=True,
 )
 def test_an_answer_given_without_waiting_is_the_answer_after_projecting(
     index: ProjectionStore,
     tmp_path_factory: pytest.TempPathFactory,
     stored: list[tuple[int, int, str, str, str]],
     pending: list[tuple[int, int, str, str, str]],
+    filtered: bool,
 ) -> None:
     archive = Archive(tmp_path_factory.mktemp("log"), index)
     try:
         archive.append(*[_event(*event) for event in stored])
         archive.project()
+        if filtered:
+            archive.filter_stored()
         archive.append(*[_event(*event) for event in pending])
         early = {}
         for n, keys in enumerate(QUERIES):
