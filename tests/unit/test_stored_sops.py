@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,9 +17,7 @@ from api.stored_sops import FOLLOW_MAX, Bloom, StoredSops, uid_hash
 from infra.factory import open_projection_store
 from infra.migrations import migrate
 from infra.ports import ProjectionStore
-from infra.sqlite_log import SqliteEventLog
-from projections.replay import TABLES
-from projections.runner import Projector
+from tests.unit import test_pending_studies as pending
 from tests.unit.test_members import instance_event
 
 _UIDS = st.lists(
@@ -44,25 +43,25 @@ def test_the_hash_is_clickhouses(index: ProjectionStore) -> None:
 @settings(max_examples=50, deadline=None)
 @given(built=_UIDS, added=_UIDS)
 def test_the_filter_holds_every_uid_put_in(built: list[str], added: list[str]) -> None:
-    bloom = Bloom(len(built), [uid_hash(uid) for uid in built])
+    bloom = Bloom(len(built))
+    bloom.add_hashes(np.array([uid_hash(uid) for uid in built], dtype=np.uint64))
     for uid in added:
         bloom.add(uid)
     assert all(uid in bloom for uid in built + added)
 
 
 def test_few_uids_never_put_in_are_held() -> None:
-    bloom = Bloom(10_000, [uid_hash(f"1.2.{n}") for n in range(10_000)])
+    bloom = Bloom(10_000)
+    bloom.add_hashes(np.array([uid_hash(f"1.2.{n}") for n in range(10_000)], dtype=np.uint64))
     held = sum(f"1.3.{n}" in bloom for n in range(10_000))
     assert held < 300  # about 1 % by design, 3 % allowed
 
 
-class Archive:
+class Archive(pending.Archive):
+    """The pending-study tests' archive, with a filter of its own."""
+
     def __init__(self, folder: Path, index: ProjectionStore) -> None:
-        for table in TABLES:
-            index.command(f"TRUNCATE TABLE {table}")
-        self.index = index
-        self.log = SqliteEventLog(folder / "log.db")
-        self.projector = Projector(self.log, index, gather_seconds=0)
+        super().__init__(folder, index)
         self.stored = StoredSops(self.log, index)
 
     def store(self, *sops: int) -> None:
@@ -73,10 +72,6 @@ class Archive:
         """Of these SOPs, those the filter may hold at the projector's position."""
         at = self.projector.checkpoint()
         return self.stored.may_hold([f"1.3.{sop}" for sop in sops], at, at)
-
-    def close(self) -> None:
-        self.projector.stop()
-        self.log.close()
 
 
 @pytest.fixture
