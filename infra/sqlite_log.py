@@ -215,6 +215,38 @@ class SqliteEventLog:
             raise Unavailable(f"event log {self.path}: read failed: {exc}") from exc
         return [LogRecord(PARTITION, offset, key, bytes(value)) for offset, key, value in rows]
 
+    def scan(
+        self, start: Position, starts: Sequence[bytes], shape: bytes, max_records: int
+    ) -> tuple[list[LogRecord], dict[int, int]]:
+        """The records among the next `max_records` from `start` whose value
+        begins with one of `starts`, or does not begin with `shape` at all (the
+        caller decides on those), and the position after the records looked at.
+
+        For a reactor interested in one event type among millions: SQLite
+        compares the first bytes of each value (with the interpreter lock
+        released) instead of every record becoming Python objects. After a
+        bulk import the storage commitment reactor caught up over 900,000
+        events, ~20 s of the interpreter that the searches shared."""
+        if max_records < 1:
+            raise Invalid(f"max_records must be positive, not {max_records}")
+        begin = start.get(PARTITION, 0)
+        upto = min(begin + max_records, self.end()[PARTITION])
+        wanted = " OR ".join("substr(value, 1, ?) = ?" for _ in starts) or "0"
+        parameters: list[Any] = [begin, upto, len(shape), shape]
+        for prefix in starts:
+            parameters += [len(prefix), prefix]
+        try:
+            rows = self._select(
+                "SELECT log_offset, key, value FROM event_log WHERE log_offset >= ?"
+                f" AND log_offset < ? AND (substr(value, 1, ?) != ? OR {wanted})"
+                " ORDER BY log_offset",
+                tuple(parameters),
+            )
+        except sqlite3.Error as exc:
+            raise Unavailable(f"event log {self.path}: read failed: {exc}") from exc
+        records = [LogRecord(PARTITION, offset, key, bytes(value)) for offset, key, value in rows]
+        return records, {PARTITION: max(begin, upto)}
+
     def end(self) -> dict[int, int]:
         try:
             ((next_offset,),) = self._select(

@@ -32,10 +32,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from infra.errors import ChronicleError
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore
@@ -86,6 +86,19 @@ class _Job:
     request: StorageCommitmentRequested
     duplicate: bool
     associations: list[Any] = field(default_factory=list)
+
+
+#: Batches a log that skips by type looks over per read.
+SCAN_BATCHES = 100
+
+
+@runtime_checkable
+class ScansByPrefix(Protocol):
+    """A log that returns only the records beginning with given bytes."""
+
+    def scan(
+        self, start: Position, starts: Sequence[bytes], shape: bytes, max_records: int
+    ) -> tuple[list[LogRecord], dict[int, int]]: ...
 
 
 class CommitmentReactor:
@@ -189,15 +202,32 @@ class CommitmentReactor:
     def run_once(self) -> int:
         """Read one batch of the log, dispatch its requests; return records read."""
         position = self._load()
-        records = self._log.read(position, self._batch)
+        records, after = self._next(position)
         for record in records:
             if self._stop.is_set() or not self._follow(record):
+                after = None
                 break
             with self._lock:
                 assert self._position is not None
                 self._position[record.partition] = record.offset + 1
+        if after is not None:  # every record looked at, the skipped ones too
+            with self._lock:
+                assert self._position is not None
+                for p, o in after.items():
+                    self._position[p] = max(self._position.get(p, 0), o)
         self._save_checkpoint()
-        return len(records)
+        if after is None:
+            return len(records)
+        return sum(max(0, o - position.get(p, 0)) for p, o in after.items())
+
+    def _next(self, position: Position) -> tuple[list[LogRecord], dict[int, int] | None]:
+        """The next records to follow; with a log that can skip by type
+        (SqliteEventLog.scan), only the requests among SCAN_BATCHES batches and
+        where they end."""
+        if not isinstance(self._log, ScansByPrefix):
+            return self._log.read(position, self._batch), None
+        starts = (codec.type_prefix(StorageCommitmentRequested.TYPE),)
+        return self._log.scan(position, starts, codec.ENCODED_PREFIX, self._batch * SCAN_BATCHES)
 
     # -- checkpoint ------------------------------------------------------------
 

@@ -99,6 +99,13 @@ _PAYLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 #: `encode` writes the envelope's fields in declaration order, `type` first.
 _TYPE_PREFIX = b'{"type":"'
+#: What every event `encode` writes starts with (`type_prefix` for one type).
+ENCODED_PREFIX = _TYPE_PREFIX
+
+
+def type_prefix(type_: str) -> bytes:
+    """What an event of this type starts with, as `encode` writes it."""
+    return _TYPE_PREFIX + type_.encode("ascii") + b'"'
 
 
 def peek_type(data: bytes) -> str:

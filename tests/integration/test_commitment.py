@@ -26,7 +26,7 @@ from api.dimse.commitment import STORAGE_COMMITMENT, WELL_KNOWN_INSTANCE
 from api.dimse.server import DimseServer, start_dimse
 from api.wiring import Archive, open_archive
 from infra.settings import load_settings
-from projections.commitment import CommitmentReactor
+from projections.commitment import CommitmentReactor, ScansByPrefix
 from projections.commitment_rules import Report, ReportPolicy
 from projections.replay import replay
 from schemas import codec
@@ -448,25 +448,41 @@ def test_replay_and_a_fresh_checkpoint_send_nothing_again(
         archive.projector.start()
     assert archive.index.query(rows_sql) == before_rows
     assert_quiet(reports)
-    # A reactor that lost its checkpoint re-reads the whole log and acts on nothing.
-    courier = RecordingCourier()
-    fresh = CommitmentReactor(
-        archive.settings,
-        archive.log,
-        archive.index,
-        archive.blobs,
-        archive.projector,
-        courier,
-        is_supported_class=lambda uid: True,
-        name="commitment-fresh",
-    )
-    fresh.start()
-    try:
-        deadline = time.monotonic() + WAIT
-        while fresh.run_once() and time.monotonic() < deadline:
-            pass
-        assert fresh.pending() == 0
-    finally:
-        fresh.stop()
-    assert courier.sent == []
+    # A reactor that lost its checkpoint re-reads the whole log and acts on
+    # nothing: over the SQLite log's scan by prefix, and over a log with the
+    # port's verbs only.
+    for name, event_log in (("fresh", archive.log), ("fresh-read", _PortOnly(archive.log))):
+        courier = RecordingCourier()
+        fresh = CommitmentReactor(
+            archive.settings,
+            event_log,  # type: ignore[arg-type]
+            archive.index,
+            archive.blobs,
+            archive.projector,
+            courier,
+            is_supported_class=lambda uid: True,
+            name=f"commitment-{name}",
+        )
+        assert isinstance(event_log, ScansByPrefix) == (name == "fresh")
+        fresh.start()
+        try:
+            deadline = time.monotonic() + WAIT
+            while fresh.run_once() and time.monotonic() < deadline:
+                pass
+            assert fresh.pending() == 0
+        finally:
+            fresh.stop()
+        assert courier.sent == []
     assert archive.log.end() == end_before
+
+
+class _PortOnly:
+    """An event log with the port's verbs only (no scan by prefix)."""
+
+    def __init__(self, event_log: Any) -> None:
+        self._log = event_log
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "scan":
+            raise AttributeError(name)
+        return getattr(self._log, name)

@@ -216,3 +216,26 @@ def test_a_read_after_an_io_error_goes_to_a_new_connection(log: SqliteEventLog) 
     log._readers.put(Other())  # type: ignore[arg-type]
     with pytest.raises(Unavailable):
         log.read({0: 0})
+
+
+def test_a_scan_returns_the_records_with_a_prefix_and_where_it_stopped(
+    log: SqliteEventLog,
+) -> None:
+    log.append(
+        [
+            ("k", b'{"type":"Stored","n":0}'),
+            ("k", b'{"type":"Wanted","n":1}'),
+            ("k", b'{"n":2,"type":"Wanted"}'),  # not in the usual shape: the caller decides
+            ("k", b'{"type":"WantedToo","n":3}'),
+            ("k", b'{"type":"Wanted","n":4}'),
+        ]
+    )
+    starts, shape = [b'{"type":"Wanted"'], b'{"type":"'
+    records, after = log.scan({}, starts, shape, 3)
+    assert [r.offset for r in records] == [1, 2] and after == {0: 3}
+    records, after = log.scan(after, starts, shape, 100)
+    assert [r.offset for r in records] == [4] and after == {0: 5}
+    assert records[0].value == b'{"type":"Wanted","n":4}'
+    assert log.scan(after, starts, shape, 100) == ([], {0: 5})
+    with pytest.raises(Invalid):
+        log.scan({}, starts, shape, 0)
