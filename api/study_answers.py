@@ -37,6 +37,11 @@ def study_rows(
     found = memory.search(query, snapshot) if memory is not None else None
     if found is not None:
         return found
+    return sql_study_rows(index, query)
+
+
+def sql_study_rows(index: ProjectionStore, query: Query) -> tuple[list[dict[str, Any]], bool]:
+    """`study_rows` by SQL."""
     sql, params = search_sql(query)
     rows = index.query_dicts(sql, params)
     return rows[: query.limit], len(rows) > query.limit

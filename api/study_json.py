@@ -12,13 +12,15 @@ C-FIND and the multipart XML answer still take `api.matching.search_page`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from api.matching import answer_getters
 from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
-from api.study_answers import kept_answers, kept_json, study_rows
+from api.study_answers import kept_answers, kept_json, sql_study_rows
+from api.study_memory import memory_for
 from api.study_snapshot import Snapshot
 from infra.ports import ProjectionStore
 
@@ -51,16 +53,16 @@ def search_studies_json(
     columns, _ = return_keys(query)
 
     def build() -> list[dict[str, Any]]:
-        rows, more = study_rows(index, query, snapshot)
         getters = answer_getters(query, columns)
         shape = ("json", tuple(columns), base)
+        keys, row_of, more = _page(index, query, snapshot, shape)
 
         def make(n: int) -> bytes:
-            unpack_answer(rows[n])
-            obj = dict(sorted((tag, get(rows[n])) for tag, get in getters))
+            row = row_of(n)
+            unpack_answer(row)
+            obj = dict(sorted((tag, get(row)) for tag, get in getters))
             return kept_json(absolute_retrieve_url(obj, base))
 
-        keys = [(shape, row["st__answer"], row["st__version"]) for row in rows]
         parts = kept_answers(index, keys, make)
         return [{"body": b"[" + b",".join(parts) + b"]", "matches": len(parts), "more": more}]
 
@@ -68,6 +70,21 @@ def search_studies_json(
     key = ("studies_json", query, base, None if snapshot is None else snapshot.generation)
     kept = memo(key, build, _weigh) if memo is not None else build()
     return JsonPage(kept[0]["body"], int(kept[0]["matches"]), bool(kept[0]["more"]))
+
+
+def _page(
+    index: ProjectionStore, query: Query, snapshot: Snapshot | None, shape: tuple[Any, ...]
+) -> tuple[list[tuple[Any, ...]], Callable[[int], dict[str, Any]], bool]:
+    """The page's kept-answer keys, its n-th row as the SQL search returns it
+    (asked only for answers not kept), and whether more follow. From the
+    memory's own rows when it answers: no dict per row."""
+    memory = memory_for(index)
+    found = memory.search_rows(query, snapshot) if memory is not None else None
+    if found is not None:
+        page, more = found
+        return [(shape, r.answer, r.version) for r in page], lambda n: page[n].answer_row(), more
+    rows, more = sql_study_rows(index, query)
+    return [(shape, r["st__answer"], r["st__version"]) for r in rows], rows.__getitem__, more
 
 
 def _weigh(rows: list[dict[str, Any]]) -> int:

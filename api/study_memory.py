@@ -94,6 +94,17 @@ class StudyMemory:
         """(rows as the SQL study search returns them, more follow?), or None:
         this query (or this store) is one for SQL. From `snapshot` when given,
         else from the rows at the store's current write generation."""
+        found = self.search_rows(query, snapshot)
+        if found is None:
+            return None
+        page, more = found
+        return [row.answer_row() for row in page], more
+
+    def search_rows(
+        self, query: Query, snapshot: Snapshot | None = None
+    ) -> tuple[list[StudyRow], bool] | None:
+        """`search`'s page as the memory's own rows (no dict per row: a JSON
+        page keys its kept answers by a row's packed answer and version)."""
         if query.level is not Level.STUDY:
             return None
         conditions(query, Params())  # refuses what SQL would refuse, the same way
@@ -111,7 +122,7 @@ class StudyMemory:
                 if len(found) == wanted:
                     break
         page = found[query.offset :]
-        return [row.answer_row() for row in page[: query.limit]], len(page) > query.limit
+        return page[: query.limit], len(page) > query.limit
 
     def latest(self, position_of: Callable[[], dict[int, int]]) -> Snapshot | None:
         """The newest rows held, at once, with the projector position they cover
