@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.query import COMMON, MODALITIES
+from bench.scale import _only_run_in
 from bench.scale_corpus import Shape, instances, stored_record, studies
 from bench.scale_queries import KINDS, QueryKeys
 from schemas import codec
@@ -106,3 +108,11 @@ def test_the_same_seed_gives_both_archives_the_same_keys() -> None:
 def test_sizes_must_be_whole_studies() -> None:
     with pytest.raises(ValueError):
         Shape.of(150)
+
+
+def test_a_second_scale_run_on_one_work_folder_is_refused(tmp_path: Path) -> None:
+    refused = pytest.raises(SystemExit, match="another scale run")
+    with _only_run_in(tmp_path), refused, _only_run_in(tmp_path):
+        pass
+    with _only_run_in(tmp_path):  # free again once the first run ends
+        pass
