@@ -19,7 +19,6 @@ bench/results/. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import shlex
 import shutil
@@ -51,6 +50,7 @@ from bench.scale_queries import (  # noqa: E402
     qido_opener,
     quiet_collector,
 )
+from bench.work_lock import only_run_in  # noqa: E402
 from tests.chronicle_server import launch_chronicle  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
@@ -291,26 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     viewer = scale_viewer.build_corpus(plan.metadata_studies, plan.wado_instances)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="chronicle-bench-scale-"))
     try:
-        with _only_run_in(work):
+        with only_run_in(work):
             _interleave(results, work, plan, viewer)
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return _finish(results)
-
-
-@contextmanager
-def _only_run_in(work: Path) -> Iterator[None]:
-    """Refuse a work folder another run is using: two runs on one folder share
-    the archives (two Orthancs on one index, one failing "database is locked")
-    and each other's machine time."""
-    work.mkdir(parents=True, exist_ok=True)
-    with (work / ".scale.lock").open("w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SystemExit(f"another scale run is using {work}") from None
-        yield
 
 
 def _interleave(

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from bench.query import COMMON, MODALITIES
-from bench.scale import _only_run_in
 from bench.scale_corpus import Shape, instances, stored_record, studies
 from bench.scale_queries import KINDS, QueryKeys
+from bench.work_lock import only_run_in
 from schemas import codec
 from schemas.events import InstanceStored
 
@@ -112,7 +112,7 @@ def test_sizes_must_be_whole_studies() -> None:
 
 def test_a_second_scale_run_on_one_work_folder_is_refused(tmp_path: Path) -> None:
     refused = pytest.raises(SystemExit, match="another scale run")
-    with _only_run_in(tmp_path), refused, _only_run_in(tmp_path):
+    with only_run_in(tmp_path), refused, only_run_in(tmp_path):
         pass
-    with _only_run_in(tmp_path):  # free again once the first run ends
+    with only_run_in(tmp_path):  # free again once the first run ends
         pass

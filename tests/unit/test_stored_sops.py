@@ -14,8 +14,6 @@ from hypothesis import strategies as st
 
 from api import stored_sops
 from api.stored_sops import FOLLOW_MAX, Bloom, StoredSops, uid_hash
-from infra.factory import open_projection_store
-from infra.migrations import migrate
 from infra.ports import ProjectionStore
 from tests.unit import test_pending_studies as pending
 from tests.unit.test_members import instance_event
@@ -25,12 +23,8 @@ _UIDS = st.lists(
 )
 
 
-@pytest.fixture(scope="module")
-def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProjectionStore]:
-    opened = open_projection_store(f"chdb://{tmp_path_factory.mktemp('index')}")
-    migrate(opened)
-    yield opened
-    opened.close()
+#: The pending-study tests' index (a module-scoped fixture: one per module).
+index = pending.index
 
 
 def test_the_hash_is_clickhouses(index: ProjectionStore) -> None:
