@@ -12,6 +12,7 @@ The same seed gives both archives the same sequence of keys.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import gc
 import math
 import random
@@ -94,6 +95,31 @@ class QueryKeys:
             return f"{stem}*"
         letters = string.ascii_uppercase
         return "".join(rng.choice(letters) for _ in range(rng.randint(2, 3))) + "*"
+
+
+def could_match(
+    date: str, modality: str, patient_name: str, accession: str
+) -> Callable[[Keys], bool]:
+    """Whether a study search's keys could match a study with these date,
+    modality, name and accession: during the soak such a search must wait for the
+    projector, as read-your-writes requires (the studies it stores change its
+    answer), so its latency is reported apart as well."""
+    name = patient_name.upper()
+
+    def check(keys: Keys) -> bool:
+        window = keys.get("StudyDate")
+        if window:
+            low, _, high = window.partition("-") if "-" in window else (window, "", window)
+            if not (low or "00000000") <= date <= (high or "99999999"):
+                return False
+        if keys.get("ModalitiesInStudy", modality) != modality:
+            return False
+        if keys.get("AccessionNumber", accession) != accession:
+            return False
+        pattern = keys.get("PatientName")
+        return pattern is None or fnmatch.fnmatchcase(name, pattern.upper())
+
+    return check
 
 
 def qido_opener(dicomweb_base: str) -> Opener:

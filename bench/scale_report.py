@@ -217,6 +217,12 @@ def soak_lines(soak: dict[str, Any] | None) -> Iterator[str]:
         f"{soak['sent']}; QIDO p50/p99 {_cell(soak['qido']).strip()} ms, "
         f"isolated {_cell(soak['isolated_qido']).strip()} ms"
     )
+    apart = soak["qido"].get("apart")
+    if apart:
+        yield (
+            f"Soak QIDO searches no stored study could match ({apart['n']}): p50/p99 "
+            f"{_cell(apart).strip()} ms (the others wait for the projector, as they must)"
+        )
     yield (
         f"Soak resident memory (all Chronicle processes): {memory['first_mib']:.0f} -> "
         f"{memory['last_mib']:.0f} MiB, max {memory['max_mib']:.0f} MiB, slope "

@@ -32,7 +32,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from api.dimse.tuning import tune_pynetdicom
 from bench.peers import CALLING_AE
-from bench.scale_queries import KINDS, Opener, QueryKeys, Search, percentiles
+from bench.scale_queries import KINDS, Keys, Opener, QueryKeys, Search, could_match, percentiles
 from tests.support import make_ct
 
 ASSOCIATIONS = 4
@@ -61,6 +61,13 @@ class Instances:
         self._lock = threading.Lock()
         self._count = 0
         self._study = self._series = ""
+
+    def could_match(self) -> Callable[[Keys], bool]:
+        """Whether a search's keys could match one of these studies."""
+        t = self._template
+        return could_match(
+            str(t.StudyDate), str(t.Modality), str(t.PatientName), str(t.AccessionNumber)
+        )
 
     def next(self) -> Dataset:
         with self._lock:
@@ -135,8 +142,15 @@ def ingest(
     return stored / (time.perf_counter() - started), sum(bad for _, bad in outcomes)
 
 
-def paced_queries(open_client: Opener, keys: QueryKeys, seconds: float) -> dict[str, Any]:
-    """QIDO_PER_S distinct study searches a second (kinds in turn), open loop."""
+def paced_queries(
+    open_client: Opener,
+    keys: QueryKeys,
+    seconds: float,
+    stored: Callable[[Keys], bool] | None = None,
+) -> dict[str, Any]:
+    """QIDO_PER_S distinct study searches a second (kinds in turn), open loop.
+    With `stored` (whether a search could match a study being stored), the
+    searches it cannot match are also reported apart, under "apart"."""
     local = threading.local()
     clients: list[Callable[[], None]] = []
     lock = threading.Lock()
@@ -165,7 +179,11 @@ def paced_queries(open_client: Opener, keys: QueryKeys, seconds: float) -> dict[
         millis = [job.result() for job in jobs]
     for close in clients:
         close()
-    return percentiles(millis)
+    figures = percentiles(millis)
+    if stored is not None:
+        apart = [ms for query, ms in zip(queries, millis, strict=True) if not stored(query)]
+        figures["apart"] = percentiles(apart) if apart else {}
+    return figures
 
 
 def _slope_mib_per_min(samples: list[tuple[float, int]]) -> float:
@@ -221,7 +239,7 @@ def soak(
         memory = pool.submit(sample_memory, pid, stop, max(1.0, seconds / 120))
         try:
             ingesting = pool.submit(ingest, port, ae_title, source, count, target_rate)
-            during = paced_queries(open_client, keys, seconds)
+            during = paced_queries(open_client, keys, seconds, source.could_match())
             reached, failed = ingesting.result()
         finally:
             stop.set()

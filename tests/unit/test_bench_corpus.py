@@ -10,7 +10,7 @@ import pytest
 
 from bench.query import COMMON, MODALITIES
 from bench.scale_corpus import Shape, instances, stored_record, studies
-from bench.scale_queries import KINDS, QueryKeys
+from bench.scale_queries import KINDS, QueryKeys, could_match
 from bench.work_lock import only_run_in
 from schemas import codec
 from schemas.events import InstanceStored
@@ -116,3 +116,20 @@ def test_a_second_scale_run_on_one_work_folder_is_refused(tmp_path: Path) -> Non
         pass
     with only_run_in(tmp_path):  # free again once the first run ends
         pass
+
+
+def test_the_soak_tells_the_searches_its_studies_could_match() -> None:
+    stored = could_match("20240115", "CT", "Soak^Bench", "ACC0001")
+    assert stored({"StudyDate": "20240101-20240131"})
+    assert not stored({"StudyDate": "20240116-20240131"})
+    assert stored({"StudyDate": "20240115"}) and not stored({"StudyDate": "20240114"})
+    assert stored({"ModalitiesInStudy": "CT", "StudyDate": "20230501-20240501"})
+    assert not stored({"ModalitiesInStudy": "MR", "StudyDate": "20230501-20240501"})
+    assert stored({"PatientName": "SO*"}) and stored({"PatientName": "SOAK^B*"})
+    assert not stored({"PatientName": "SMITH*"})
+    assert not stored({"AccessionNumber": "A00000042"})
+    # The date and modality searches the soak asks are told apart some of the time.
+    keys = QueryKeys(Shape.of(1_000_000))
+    for kind in KINDS[1:3]:
+        drawn = [keys.distinct(kind) for _ in range(3000)]
+        assert any(stored(k) for k in drawn) and not all(stored(k) for k in drawn), kind
