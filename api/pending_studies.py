@@ -88,7 +88,7 @@ def without_waiting(
             return None
         position = snapshot.position
         stored = stored_sops_for(event_log, index)
-        stored.prepare(projector.checkpoint())  # built before it is needed
+        stored.prepare(projector.checkpoint)  # built before it is needed
         target = event_log.end()
         if covers(position, target):
             return snapshot
@@ -100,7 +100,7 @@ def without_waiting(
         if len(records) != pending:
             return None
         found = _unchanged(str(event_log.path), snapshot, checks, records)
-        if found is None or _left_studies_match(index, stored, projector, snapshot, checks, found):
+        if found is None or _left_studies_match(index, stored, snapshot, checks, found):
             return None
         return snapshot
     except ChronicleError as exc:  # the wait decides, and says what failed
@@ -196,7 +196,6 @@ _DECODED = _Decoded()
 def _left_studies_match(
     index: ProjectionStore,
     stored: StoredSops,
-    projector: ProjectionFeed,
     snapshot: Snapshot,
     checks: Sequence[Check],
     events: list[_Event],
@@ -207,7 +206,7 @@ def _left_studies_match(
     may hold are asked by SQL."""
     going = {str(attributes["sop"]): study for study, attributes, _, _ in events}
     position = snapshot.position or {}
-    asked = stored.may_hold(going, position, projector.checkpoint()) if going else set()
+    asked = stored.may_hold(going, position) if going else set()
     if not asked:
         return False
     for sop, study in index.query(_MOVED_SQL, {"uids": sorted(asked)}):

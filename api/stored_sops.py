@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import orjson
@@ -115,24 +115,29 @@ class StoredSops:
         self._building = False
         self._not_before = 0.0
 
-    def may_hold(
-        self, uids: Collection[str], position: Mapping[int, int], checkpoint: Mapping[int, int]
-    ) -> set[str]:
+    def may_hold(self, uids: Collection[str], position: Mapping[int, int]) -> set[str]:
         """The UIDs among `uids` that may have a receipt in the rows at
-        `position`: all of them until the filter is built or when the log
-        cannot be followed. `checkpoint`: where the projections stand now,
-        a lower bound of what a new build's statement reads."""
+        `position`: all of them until the filter is built (`prepare`) or when
+        the log cannot be followed."""
         with self._lock:
-            self._prepare(checkpoint)
             bloom = self._bloom
             if bloom is None or not self._follow(bloom, position):
                 return set(uids)
             return {uid for uid in uids if uid in bloom}
 
-    def prepare(self, checkpoint: Mapping[int, int]) -> None:
-        """Start building the filter, when it is not built (or is full)."""
+    def prepare(self, checkpoint: Callable[[], Mapping[int, int]]) -> None:
+        """Start building the filter on a thread of its own, when it is not
+        built (or is full). `checkpoint`: where the projections stand, asked
+        only then (a lower bound of what the build's statements read)."""
         with self._lock:
-            self._prepare(checkpoint)
+            bloom = self._bloom
+            if bloom is not None and bloom.count <= bloom.capacity:
+                return
+            if self._building or time.monotonic() < self._not_before:
+                return
+            self._building = True
+            start = dict(checkpoint())
+        threading.Thread(target=self._build, args=(start,), daemon=True).start()
 
     def build(self, start: dict[int, int]) -> None:
         """Build the filter from receipt_by_sop, which holds every receipt up
@@ -151,15 +156,6 @@ class StoredSops:
         with self._lock:
             self._bloom, self._position = bloom, start
 
-    def _prepare(self, checkpoint: Mapping[int, int]) -> None:
-        bloom = self._bloom
-        if bloom is not None and bloom.count <= bloom.capacity:
-            return
-        if self._building or time.monotonic() < self._not_before:
-            return
-        self._building = True
-        threading.Thread(target=self._build, args=(dict(checkpoint),), daemon=True).start()
-
     def _build(self, start: dict[int, int]) -> None:
         try:
             self.build(start)
@@ -175,7 +171,7 @@ class StoredSops:
             return True
         left = sum(max(0, o - self._position.get(p, 0)) for p, o in position.items())
         if left > FOLLOW_MAX:
-            self._bloom = None  # built afresh by the next search
+            self._bloom = None  # built afresh (the next search's `prepare`)
             return False
         while not covers(self._position, position):
             records = self._log.read(self._position, min(left, 1000))

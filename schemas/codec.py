@@ -97,15 +97,14 @@ _PAYLOADS: dict[str, Callable[[dict[str, Any]], Any]] = {
     StorageCommitmentReported.TYPE: _commitment_reported,
 }
 
-#: `encode` writes the envelope's fields in declaration order, `type` first.
-_TYPE_PREFIX = b'{"type":"'
-#: What every event `encode` writes starts with (`type_prefix` for one type).
-ENCODED_PREFIX = _TYPE_PREFIX
+#: What every event `encode` writes starts with: the envelope's fields go in
+#: declaration order, `type` first (`type_prefix` for one type).
+ENCODED_PREFIX = b'{"type":"'
 
 
 def type_prefix(type_: str) -> bytes:
     """What an event of this type starts with, as `encode` writes it."""
-    return _TYPE_PREFIX + type_.encode("ascii") + b'"'
+    return ENCODED_PREFIX + type_.encode("ascii") + b'"'
 
 
 def peek_type(data: bytes) -> str:
@@ -114,10 +113,10 @@ def peek_type(data: bytes) -> str:
     A follower interested in a few types (a reactor) skips the rest cheaply;
     bytes not in the shape `encode` writes are fully decoded instead.
     """
-    if data.startswith(_TYPE_PREFIX):
-        end = data.find(b'"', len(_TYPE_PREFIX))
+    if data.startswith(ENCODED_PREFIX):
+        end = data.find(b'"', len(ENCODED_PREFIX))
         if end > 0:
-            return data[len(_TYPE_PREFIX) : end].decode("ascii", "replace")
+            return data[len(ENCODED_PREFIX) : end].decode("ascii", "replace")
     return decode(data).type
 
 

@@ -65,7 +65,7 @@ class Archive(pending.Archive):
     def held(self, *sops: int) -> set[str]:
         """Of these SOPs, those the filter may hold at the projector's position."""
         at = self.projector.checkpoint()
-        return self.stored.may_hold([f"1.3.{sop}" for sop in sops], at, at)
+        return self.stored.may_hold([f"1.3.{sop}" for sop in sops], at)
 
 
 @pytest.fixture
@@ -97,4 +97,4 @@ def test_far_behind_it_is_built_again_and_asks_meanwhile(archive: Archive) -> No
     archive.stored.build(archive.projector.checkpoint())
     archive.stored._not_before = float("inf")
     far = {0: archive.log.end()[0] + FOLLOW_MAX + 1}
-    assert archive.stored.may_hold(["1.3.9"], far, far) == {"1.3.9"}
+    assert archive.stored.may_hold(["1.3.9"], far) == {"1.3.9"}
