@@ -9,17 +9,18 @@ studies match a name or a date, nor what those studies' answers say.
 
 So before waiting, a study search answered from the study memory looks at the
 events between the projector's position and the log end. It goes ahead at
-once when every one of them is an InstanceStored that changes no study the
-search would show, now or at any point up to the log end:
+once when every one of them is an InstanceStored and:
 
-* its study matches neither now (the memory's row) nor with the event's own
-  attributes and the study's modalities and SOP classes widened by every
-  pending instance (each event in turn is the study's newest, so each one's
-  attributes are checked: no state in between may match either);
 * an instance it moves away from another study (its SOP Instance UID stored
   there before, `receipt_by_sop`) leaves a study that does not match now
   (losing an instance only narrows a study: it cannot start to match). Only
   the UIDs a per-process filter may hold are looked up (api.stored_sops).
+* the studies the events store into keep the memory's rows when they match
+  neither now nor with the event's own attributes and the study's
+  modalities and SOP classes widened by every pending instance (each event
+  in turn is the study's newest, so each one's attributes are checked: no
+  state in between may match either); the rows of the others are made as
+  the projector will make them (api.pending_patch), for this search alone.
 
 Anything else waits as before: another event type that changes studies, a
 sidecar (metadata in the blob store), a name or time that is not ASCII (the
@@ -38,10 +39,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from api.pending_patch import Pending, derived, patched
 from api.query_model import Level, Query
 from api.roles import ProjectionFeed
 from api.stored_sops import StoredSops, stored_sops_for
-from api.study_memory import PN_COLUMNS, TM_COLUMNS, memory_for
+from api.study_memory import memory_for
 from api.study_memory_match import Check, matches, predicates
 from api.study_snapshot import Snapshot, StudyRow
 from infra.errors import ChronicleError
@@ -99,43 +101,39 @@ def without_waiting(
         records = [r for r in read if r.offset < target.get(r.partition, 0)]
         if len(records) != pending:
             return None
-        found = _unchanged(str(event_log.path), snapshot, checks, records)
-        if found is None or _left_studies_match(index, stored, snapshot, checks, found):
+        events = _DECODED.events(str(event_log.path), records)
+        if events is None:
             return None
-        return snapshot
+        changed = _changed(snapshot, checks, events)
+        if changed is None or _left_studies_match(index, stored, snapshot, checks, events):
+            return None
+        return patched(index, snapshot, events, changed) if changed else snapshot
     except ChronicleError as exc:  # the wait decides, and says what failed
         log.debug("pending events not checked: %s", exc)
         return None
 
 
-def _unchanged(
-    where: str, snapshot: Snapshot, checks: Sequence[Check], records: list[LogRecord]
-) -> list[_Event] | None:
-    """The pending events, when none changes a study the search shows (the
-    instances they move aside), else None."""
-    events = _DECODED.events(where, records)
-    if events is None:
-        return None
+def _changed(snapshot: Snapshot, checks: Sequence[Check], events: list[Pending]) -> set[str] | None:
+    """The studies pending events may change in the search's answer (each
+    one's rows are then made afresh), or None when one cannot be told."""
     widened: dict[str, tuple[set[str], set[str]]] = {}
-    for study, _, modality, sop_class in events:
-        row = snapshot.by_uid.get(study)
+    for event in events:
+        row = snapshot.by_uid.get(event.study)
         mods, classes = widened.setdefault(
-            study,
+            event.study,
             (set(row.modalities) if row else set(), set(row.sop_classes) if row else set()),
         )
-        mods.add(modality)
-        classes.add(sop_class)
-    for study, attributes, _, _ in events:
-        current = snapshot.by_uid.get(study)
-        if current is not None and matches(current, checks):
+        mods.add(event.modality)
+        classes.add(event.sop_class)
+    changed: set[str] = set()
+    for event in events:
+        current = snapshot.by_uid.get(event.study)
+        candidate = _candidate(event.attributes, *widened[event.study])
+        if candidate is None:
             return None
-        candidate = _candidate(attributes, *widened[study])
-        if candidate is None or matches(candidate, checks):
-            return None
-    return events
-
-
-_Event = tuple[str, dict[str, Any], str, str]  # study, study row, modality, SOP class
+        if (current is not None and matches(current, checks)) or matches(candidate, checks):
+            changed.add(event.study)
+    return changed
 
 
 class _Decoded:
@@ -146,10 +144,10 @@ class _Decoded:
     def __init__(self, bound: int = DECODED_MAX) -> None:
         self._bound = bound
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[str, int, int], tuple[_Event, ...] | None] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, int, int], tuple[Pending, ...] | None] = OrderedDict()
 
-    def events(self, where: str, records: list[LogRecord]) -> list[_Event] | None:
-        events: list[_Event] = []
+    def events(self, where: str, records: list[LogRecord]) -> list[Pending] | None:
+        events: list[Pending] = []
         for record in records:
             key = (where, record.partition, record.offset)
             with self._lock:
@@ -170,7 +168,7 @@ class _Decoded:
 _UNREAD: Any = object()
 
 
-def _stored(record: LogRecord) -> tuple[_Event, ...] | None:
+def _stored(record: LogRecord) -> tuple[Pending, ...] | None:
     """A pending InstanceStored's study row (with its SOP Instance UID under the
     key "sop"), modality and SOP class; nothing for an event that changes no
     study; None for one that is not that simple."""
@@ -184,10 +182,18 @@ def _stored(record: LogRecord) -> tuple[_Event, ...] | None:
     if not isinstance(payload, InstanceStored) or payload.sidecar or payload.frames_sidecar:
         return None
     rows = rows_for(record, envelope, None).tables
-    study = dict(rows["study"][0])
-    study["sop"] = payload.sop_instance_uid
-    modality = str(rows["series"][0]["modality"])
-    return ((payload.study_instance_uid, study, modality, payload.sop_class_uid),)
+    series = rows["series"][0]
+    return (
+        Pending(
+            payload.study_instance_uid,
+            payload.series_instance_uid,
+            payload.sop_instance_uid,
+            str(series["modality"]),
+            payload.sop_class_uid,
+            record.version,
+            dict(rows["study"][0]),
+        ),
+    )
 
 
 _DECODED = _Decoded()
@@ -198,13 +204,13 @@ def _left_studies_match(
     stored: StoredSops,
     snapshot: Snapshot,
     checks: Sequence[Check],
-    events: list[_Event],
+    events: list[Pending],
 ) -> bool:
     """Whether an instance moves away from a study that matches now. Only the
     UIDs with a receipt in the snapshot's rows can move (a receipt made after
     them is a pending event, whose own study was checked): those the filter
     may hold are asked by SQL."""
-    going = {str(attributes["sop"]): study for study, attributes, _, _ in events}
+    going = {event.sop: event.study for event in events}
     position = snapshot.position or {}
     asked = stored.may_hold(going, position) if going else set()
     if not asked:
@@ -222,21 +228,12 @@ def _candidate(
 ) -> StudyRow | None:
     """The study's row as this event would leave it, or None when its values
     are not ones Python derives as ClickHouse does (non-ASCII names, times)."""
-    derived: dict[str, Any] = {}
-    for pn in PN_COLUMNS:
-        value = str(attributes.get(pn, ""))
-        if not value.isascii():
-            return None
-        derived[f"{pn}_lower"] = value.lower()
-    for tm in TM_COLUMNS:
-        value = str(attributes.get(tm, ""))
-        if not value.isascii():
-            return None
-        derived[f"{tm}_tm"] = normal_time(value)
+    found = derived(attributes)
+    if found is None:
+        return None
     return StudyRow(
         {
-            **attributes,
-            **derived,
+            **found,
             "answer": "",
             "n_series": 1,
             "n_instances": 1,
@@ -244,9 +241,3 @@ def _candidate(
             "sop_classes": sorted(classes),
         }
     )
-
-
-def normal_time(stored: str) -> str:
-    """api.query_sql._tm_sql in Python, for ASCII: 'HHMMSS.FFFFFF'."""
-    t = stored.replace(":", "")
-    return t[:6].ljust(6, "0") + "." + t[7:13].ljust(6, "0")

@@ -21,7 +21,7 @@ from api.query_model import Level, Query, return_keys
 from api.query_sql import unpack_answer
 from api.study_answers import kept_answers, kept_json, sql_study_rows
 from api.study_memory import memory_for
-from api.study_snapshot import Snapshot
+from api.study_snapshot import PATCHED, Snapshot
 from infra.ports import ProjectionStore
 
 RETRIEVE_URL = "00081190"
@@ -67,6 +67,8 @@ def search_studies_json(
         return [{"body": b"[" + b",".join(parts) + b"]", "matches": len(parts), "more": more}]
 
     memo = getattr(index, "memo", None)
+    if snapshot is not None and snapshot.generation == PATCHED:
+        memo = None  # rows made for this search alone
     key = ("studies_json", query, base, None if snapshot is None else snapshot.generation)
     kept = memo(key, build, _weigh) if memo is not None else build()
     return JsonPage(kept[0]["body"], int(kept[0]["matches"]), bool(kept[0]["more"]))

@@ -73,6 +73,8 @@ def _order(rows: Iterable[StudyRow]) -> list[StudyRow]:
 
 #: Rows held beside the sorted ones before everything is sorted again.
 EXTRA_MAX = 64
+#: The generation of a snapshot made for one search (`Snapshot.patched`).
+PATCHED = -1
 
 
 @dataclass
@@ -133,6 +135,13 @@ class Snapshot:
             generation, by_uid, ordered, newest, old._lazy, extra=_order(extra.values()),
             moved=frozenset(moved),
         )  # fmt: skip
+
+    def patched(self, rows: Sequence[dict[str, Any]]) -> Snapshot:
+        """These rows with `rows` in place of theirs, for one search
+        (api.pending_patch): at generation PATCHED, which nothing keeps."""
+        found = Snapshot.updated(self, rows, PATCHED)
+        found.position = self.position
+        return found
 
     def with_extra(self, found: Iterator[StudyRow]) -> Iterator[StudyRow]:
         """Candidates from the sorted rows, less those moved, merged in the answer

@@ -274,5 +274,9 @@ def _study_rows(
 
 def _with_answer(uid: str, values: list[Any]) -> list[Any]:
     """STUDY_ATTRIBUTES' values and the packed answer, as the row's last columns."""
-    answer = [uid, *(str(values[i]) for i in _PACKED)]
-    return [*values, orjson.dumps(answer).decode()]
+    return [*values, answer_of(uid, values)]
+
+
+def answer_of(uid: str, values: Sequence[Any]) -> str:
+    """The packed answer (`answer`) of a study with STUDY_ATTRIBUTES' `values`."""
+    return orjson.dumps([uid, *(str(values[i]) for i in _PACKED)]).decode()

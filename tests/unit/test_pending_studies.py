@@ -13,11 +13,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from api.matching import parse_qido
-from api.pending_studies import PENDING_MAX, normal_time, without_waiting
+from api.pending_patch import normal_time
+from api.pending_studies import PENDING_MAX, without_waiting
 from api.query_model import Level, Query
 from api.stored_sops import stored_sops_for
 from api.study_memory import memory_for
-from api.study_snapshot import Snapshot
+from api.study_snapshot import PATCHED, Snapshot
 from infra.factory import open_projection_store
 from infra.migrations import migrate
 from infra.ports import ProjectionStore
@@ -95,10 +96,30 @@ class Archive:
     def unchanged(self, keys: dict[str, str]) -> bool:
         return self.early(keys) is not None
 
+    def patched(self, keys: dict[str, str]) -> bool:
+        """Answered without waiting, from rows made for this search."""
+        snapshot = self.early(keys)
+        return snapshot is not None and snapshot.generation == PATCHED
+
     def answer(self, keys: dict[str, str], snapshot: Snapshot | None = None) -> Any:
+        """The memory's answer rows, less the statistics row's version (a
+        patched row has one of its own: api.pending_patch)."""
         memory = memory_for(self.index)
         assert memory is not None
-        return memory.search(_query(keys), snapshot)
+        found = memory.search(_query(keys), snapshot)
+        assert found is not None
+        rows, more = found
+        return [{k: v for k, v in row.items() if k != "st__version"} for row in rows], more
+
+    def holds(self, *queries: dict[str, str]) -> None:
+        """Each query answers now without waiting, and as it will once projected."""
+        early = []
+        for keys in queries:
+            snapshot = self.early(keys)
+            assert snapshot is not None, keys
+            early.append(self.answer(keys, snapshot))
+        self.project()
+        assert [self.answer(keys) for keys in queries] == early
 
     def close(self) -> None:
         self.projector.stop()
@@ -122,27 +143,65 @@ def test_nothing_pending_needs_no_wait(archive: Archive) -> None:
     assert all(archive.unchanged(keys) for keys in QUERIES)
 
 
-def test_a_new_study_waits_only_the_searches_it_would_answer(archive: Archive) -> None:
+def test_a_new_study_patches_only_the_searches_it_would_answer(archive: Archive) -> None:
     archive.append(_event(9, 9, "MILLER^CAL", "CT", "20200202"))
     assert archive.unchanged({"PatientName": "SMITH*"})
-    assert archive.unchanged({"ModalitiesInStudy": "MR"})
-    assert not archive.unchanged({"PatientName": "MIL*"})
-    assert not archive.unchanged({"ModalitiesInStudy": "CT", "StudyDate": "20200101-20211231"})
-    assert not archive.unchanged({})  # every study
+    assert not archive.patched({"PatientName": "SMITH*"})
+    assert not archive.patched({"ModalitiesInStudy": "MR"})
+    assert archive.patched({"PatientName": "MIL*"})
+    assert archive.patched({"ModalitiesInStudy": "CT", "StudyDate": "20200101-20211231"})
+    assert archive.patched({})  # every study
+    archive.holds({"PatientName": "MIL*"}, {"ModalitiesInStudy": "CT"}, {}, {"PatientName": "S*"})
 
 
-def test_an_instance_added_to_a_shown_study_waits(archive: Archive) -> None:
+def test_an_instance_added_to_a_shown_study_is_counted(archive: Archive) -> None:
     archive.append(_event(1, 10, "SMITH^ANNA", "MR", "20200105"))
-    assert not archive.unchanged({"PatientName": "SMITH*"})  # its counts change
-    assert not archive.unchanged({"ModalitiesInStudy": "MR"})  # it starts to match
-    assert archive.unchanged({"PatientName": "JONES*"})
+    assert archive.patched({"PatientName": "SMITH*"})  # its counts change
+    assert archive.patched({"ModalitiesInStudy": "MR"})  # it starts to match
+    assert not archive.patched({"PatientName": "JONES*"})
+    archive.holds({"PatientName": "SMITH*"}, {"ModalitiesInStudy": "MR"}, {"PatientName": "J*"})
 
 
-def test_a_renamed_study_waits_for_either_name(archive: Archive) -> None:
+def test_an_instance_stored_again_is_counted_once(archive: Archive) -> None:
+    archive.append(_event(1, 1, "SMITH^ANNA", "CT", "20200105"))  # SOP 1.3.1 again
+    archive.append(_event(1, 10, "SMITH^ANNA", "CT", "20200105"))
+    archive.append(_event(1, 10, "SMITH^ANNA", "CT", "20200105"))
+    assert archive.patched({"PatientName": "SMITH*"})
+    archive.holds({"PatientName": "SMITH*"})
+
+
+def test_an_event_already_projected_is_counted_once(archive: Archive) -> None:
+    """The index may hold pending events' rows (the projector's batch written,
+    its checkpoint not yet): each instance is counted once."""
+    archive.append(_event(1, 10, "SMITH^ANNA", "MR", "20200105"))
+    early = archive.early({"PatientName": "SMITH*"})
+    archive.projector.run_until(archive.log.end())  # the memory does not know
+    archive.append(_event(1, 11, "SMITH^ANNA", "MR", "20200105"))
+    memory = memory_for(archive.index)
+    assert memory is not None and early is not None
+    snapshot = without_waiting(archive.log, _Behind(early), archive.index, _query({}))
+    assert snapshot is not None
+    found = archive.answer({"PatientName": "SMITH*"}, snapshot)
+    assert found[0][0]["a__n_instances"] == 3
+    assert found[0][0]["a__n_series"] == 2
+
+
+class _Behind:
+    """A projector whose checkpoint is the one `snapshot` covers."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._position = dict(snapshot.position or {})
+
+    def checkpoint(self) -> dict[int, int]:
+        return self._position
+
+
+def test_a_renamed_study_is_patched_for_either_name(archive: Archive) -> None:
     archive.append(_event(2, 11, "SMYTHE^BO", "MR", "20210612"))
-    assert not archive.unchanged({"PatientName": "JONES*"})
-    assert not archive.unchanged({"PatientName": "SMY*"})
-    assert archive.unchanged({"PatientName": "SMITH*"})
+    assert archive.patched({"PatientName": "JONES*"})
+    assert archive.patched({"PatientName": "SMY*"})
+    assert not archive.patched({"PatientName": "SMITH*"})
+    archive.holds({"PatientName": "JONES*"}, {"PatientName": "SMY*"}, {"PatientName": "SMITH*"})
 
 
 def test_an_instance_moved_away_waits_for_the_study_it_leaves(archive: Archive) -> None:
