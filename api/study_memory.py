@@ -72,7 +72,7 @@ REFRESH_SQL = (
     + ", "
     + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in TM_COLUMNS)
     + ", (SELECT count() FROM study_stats FINAL) AS total"
-    + " FROM study_stats FINAL WHERE version >= {since:UInt64}"
+    + " FROM study_stats WHERE version >= {since:UInt64}"
 )
 
 
@@ -175,13 +175,13 @@ class StudyMemory:
                 return snapshot
             since = snapshot.newest_version if snapshot is not None else 0
             position = self._position()
-            rows = index.query_dicts(REFRESH_SQL, {"since": since})
+            rows = _newest(index.query_dicts(REFRESH_SQL, {"since": since}))
             fresh = Snapshot.updated(snapshot, rows, generation)
             if snapshot is not None and (not rows or int(rows[0]["total"]) != len(fresh)):
                 # A study written below the newest version held (a group member
                 # that gave up partitions counts fewer events), or a table
                 # swapped under us: read every row again.
-                rows = index.query_dicts(REFRESH_SQL, {"since": 0})
+                rows = _newest(index.query_dicts(REFRESH_SQL, {"since": 0}))
                 fresh = Snapshot.updated(None, rows, generation)
             if len(fresh) > MAX_STUDIES:
                 return None
@@ -195,6 +195,20 @@ class StudyMemory:
         except Exception as exc:  # no position: searches wait as before
             log.debug("projection position unknown: %s", exc)
             return None
+
+
+def _newest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each study's newest row among `rows`. The refresh reads without FINAL
+    (which merged every row of the table, ~8 ms at 10,000 studies, with every
+    projector batch, in each process): a study written by several batches
+    since the last refresh may have a row from each, and the newest is the
+    one FINAL keeps (the rows not read are older than every row read)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        held = newest.get(row["study_instance_uid"])
+        if held is None or int(row["version"]) > int(held["version"]):
+            newest[row["study_instance_uid"]] = row
+    return list(newest.values()) if len(newest) < len(rows) else rows
 
 
 def _clock(index: ProjectionStore) -> int | None:
