@@ -235,6 +235,24 @@ def test_with_the_filter_new_instances_ask_no_statement(
     assert not [sql for sql in asked if "receipt_by_sop" in sql]
 
 
+def test_a_process_reads_each_pending_event_once(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive.append(_event(9, 90, "MILLER^CAL", "CT", "20200202"))
+    assert archive.patched({"PatientName": "MIL*"})
+    archive.append(_event(9, 91, "MILLER^CAL", "CT", "20200202"))
+    starts: list[tuple[dict[int, int], int]] = []
+    read = archive.log.read
+
+    def counted(start: dict[int, int], max_records: int = 1000) -> Any:
+        starts.append((dict(start), max_records))
+        return read(start, max_records)
+
+    monkeypatch.setattr(archive.log, "read", counted)
+    archive.holds({"PatientName": "MIL*"})
+    assert starts[0] == ({0: archive.log.end()[0] - 1}, 1)
+
+
 def test_names_python_cannot_lower_as_clickhouse_does_wait(archive: Archive) -> None:
     archive.append(_event(7, 12, "MÜLLER^DORA", "US", "20230101"))
     assert not archive.unchanged({"PatientName": "JONES*"})
@@ -313,5 +331,47 @@ def test_an_answer_given_without_waiting_is_the_answer_after_projecting(
             assert archive.answer(QUERIES[n]) == answer, QUERIES[n]
         if not pending:
             assert len(early) == len(QUERIES)
+    finally:
+        archive.close()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    stored=st.lists(_EVENT, min_size=1, max_size=5),
+    pending=st.lists(_EVENT, min_size=1, max_size=5),
+    written=st.integers(0, 5),
+)
+def test_events_the_projector_wrote_since_the_memory_read_count_once(
+    index: ProjectionStore,
+    tmp_path_factory: pytest.TempPathFactory,
+    stored: list[tuple[int, int, str, str, str]],
+    pending: list[tuple[int, int, str, str, str]],
+    written: int,
+) -> None:
+    """The index may be ahead of the memory's rows (batches written since they
+    were read): the first `written` pending events are projected, and the
+    search still starts from the memory's older rows and position."""
+    archive = Archive(tmp_path_factory.mktemp("log"), index)
+    try:
+        archive.append(*[_event(*event) for event in stored])
+        archive.project()
+        memory = memory_for(archive.index)
+        assert memory is not None
+        before = memory.latest(archive.projector.checkpoint)
+        assert before is not None
+        archive.append(*[_event(*event) for event in pending[:written]])
+        archive.projector.run_until(archive.log.end())
+        archive.append(*[_event(*event) for event in pending[written:]])
+        behind = _Behind(before)
+        early = {}
+        for n, keys in enumerate(QUERIES):
+            snapshot = without_waiting(archive.log, behind, archive.index, _query(keys))
+            if snapshot is not None:
+                early[n] = archive.answer(keys, snapshot)
+        archive.project()
+        for n, answer in early.items():
+            assert archive.answer(QUERIES[n]) == answer, QUERIES[n]
     finally:
         archive.close()

@@ -331,3 +331,19 @@ def by_rows(memory: StudyMemory, query: Query) -> list[dict[str, Any]]:
     found = memory.search(query)
     assert found is not None
     return found[0]
+
+
+def test_a_study_written_by_several_batches_since_is_read_at_its_newest(
+    store: ProjectionStore,
+) -> None:
+    """The refresh reads without FINAL: every unmerged row of a study written
+    since, of which the newest version is the study's row (as FINAL keeps)."""
+    fill(store, [_plain(UIDS[0], 50)])
+    memory = StudyMemory(store)
+    query = Query(Level.STUDY, (Match("StudyInstanceUID", UIDS[0]),))
+    assert [r["st__version"] for r in by_rows(memory, query)] == [50]
+    for version, count in ((70, 9), (60, 5)):  # two parts, in either order
+        row = {**_plain(UIDS[0], version), "n_instances": count}
+        store.insert("study_stats", [[row[c] for c in STUDY_COLUMNS]], STUDY_COLUMNS)
+    found = [(r["st__version"], r["a__n_instances"]) for r in by_rows(memory, query)]
+    assert found == [(70, 9)]
