@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from api.query_sql import _tm_sql
-from api.study_memory import PN_COLUMNS, TM_COLUMNS
+from api.study_memory import DERIVED_COLUMNS, PN_COLUMNS, TM_COLUMNS
 from api.study_snapshot import Snapshot
 from infra.ports import ProjectionStore
 from projections.stats import STUDY_ATTRIBUTES, answer_of
@@ -60,11 +59,8 @@ _INSTANCES_SQL = (
     " UNION ALL SELECT arrayJoin({sops:Array(String)}))"
 )
 _STUDIES_SQL = (
-    f"SELECT study_instance_uid, version, {', '.join(STUDY_ATTRIBUTES)}, "
-    + ", ".join(f"lowerUTF8({c}) AS {c}_lower" for c in PN_COLUMNS)
-    + ", "
-    + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in TM_COLUMNS)
-    + " FROM study FINAL WHERE study_instance_uid IN {studies:Array(String)}"
+    f"SELECT study_instance_uid, version, {', '.join([*STUDY_ATTRIBUTES, *DERIVED_COLUMNS])}"
+    " FROM study FINAL WHERE study_instance_uid IN {studies:Array(String)}"
 )
 
 

@@ -66,11 +66,13 @@ _PLAIN = (
     "patient_birth_time", "patient_sex", "study_date", "study_time", "accession_number",
     "study_id", "study_description",
 )  # fmt: skip
+#: Those values as SQL columns (also api.pending_patch's).
+DERIVED_COLUMNS = [f"lowerUTF8({c}) AS {c}_lower" for c in PN_COLUMNS] + [
+    f"{_tm_sql(c)} AS {c}_tm" for c in TM_COLUMNS
+]
 REFRESH_SQL = (
     f"SELECT {', '.join(_PLAIN)}, "
-    + ", ".join(f"lowerUTF8({c}) AS {c}_lower, {c}_norm" for c in PN_COLUMNS)
-    + ", "
-    + ", ".join(f"{_tm_sql(c)} AS {c}_tm" for c in TM_COLUMNS)
+    + ", ".join([*(f"{c}_norm" for c in PN_COLUMNS), *DERIVED_COLUMNS])
     + ", (SELECT count() FROM study_stats FINAL) AS total"
     + " FROM study_stats WHERE version >= {since:UInt64}"
 )

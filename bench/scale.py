@@ -59,7 +59,8 @@ from tests.support import free_port  # noqa: E402
 class Plan:
     sizes: list[int]
     orthanc_sizes: list[int]
-    requests: int
+    requests: int  # QIDO-RS
+    cfind_requests: int
     soak_seconds: float
     isolated_seconds: float
     soak_max_count: int
@@ -122,7 +123,7 @@ def measure_archive(
             c_find_opener(archive.peer.dimse_port, archive.peer.ae_title),
             keys,
             (1, 8),
-            plan.requests,
+            plan.cfind_requests,
         ),
     }
     if size >= plan.viewer_size:
@@ -238,7 +239,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return Plan(
         sizes=sorted(sizes),
         orthanc_sizes=sorted(orthanc),
-        requests=args.requests or (20 if quick else 50),
+        requests=args.requests or (20 if quick else 200),
+        cfind_requests=args.cfind_requests or (20 if quick else 50),
         soak_seconds=soak,
         isolated_seconds=10.0 if quick else 60.0,
         soak_max_count=200 if quick else 1000,
@@ -256,7 +258,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="10k only, 60 s soak (smoke run)")
     parser.add_argument("--sizes", type=int, nargs="+", help="index sizes (multiples of 100)")
     parser.add_argument("--orthanc-sizes", type=int, nargs="*", help="default: sizes <= 100k")
-    parser.add_argument("--requests", type=int, help="timed requests per measurement")
+    parser.add_argument(
+        "--requests", type=int, help="timed QIDO-RS requests per measurement (default 200)"
+    )
+    parser.add_argument(
+        "--cfind-requests", type=int, help="timed C-FIND requests per measurement (default 50)"
+    )
     parser.add_argument("--soak-seconds", type=float, help="0 skips the soak (default 600)")
     parser.add_argument("--profile-seconds", type=float, default=0.0, help="py-spy at the end")
     parser.add_argument("--orthanc-budget", type=float, default=3600.0, help="fill seconds max")

@@ -93,7 +93,8 @@ def _search_step(
     kind, mode, clients = case
 
     def search(name: str) -> None:
-        drawn = plans(keys[name], kind, mode, clients, -(-plan.requests // clients))
+        count = plan.requests if service == "qido" else plan.cfind_requests
+        drawn = plans(keys[name], kind, mode, clients, -(-count // clients))
         figures = run_clients(opener[name], drawn)
         out[name]["queries"][service][kind].setdefault(mode, {})[str(clients)] = figures
 
