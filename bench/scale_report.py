@@ -221,7 +221,7 @@ def soak_lines(soak: dict[str, Any] | None) -> Iterator[str]:
     if apart:
         yield (
             f"Soak QIDO searches no stored study could match ({apart['n']}): p50/p99 "
-            f"{_cell(apart).strip()} ms (the others wait for the projector, as they must)"
+            f"{_cell(apart).strip()} ms (pending events may change the answers of the others)"
         )
     yield (
         f"Soak resident memory (all Chronicle processes): {memory['first_mib']:.0f} -> "
