@@ -86,14 +86,14 @@ def _newest_versions(
     index: ProjectionStore, studies: list[str], pending: Sequence[Pending]
 ) -> dict[str, _Version]:
     sops = sorted({event.sop for event in pending})
-    newest: dict[str, _Version] = {}
-    for sop, version, study, series, modality, sop_class, hidden in index.query(
-        _INSTANCES_SQL, {"studies": studies, "sops": sops}
-    ):
-        found = _Version(int(version), str(study), str(series), str(modality), str(sop_class),
-                         bool(hidden))  # fmt: skip
-        if str(sop) not in newest or found.version > newest[str(sop)].version:
-            newest[str(sop)] = found
+    newest = {  # FINAL: one row, the newest version, per SOP Instance UID
+        str(sop): _Version(
+            int(version), str(study), str(series), str(modality), str(sop_class), bool(hidden)
+        )
+        for sop, version, study, series, modality, sop_class, hidden in index.query(
+            _INSTANCES_SQL, {"studies": studies, "sops": sops}
+        )
+    }
     for event in pending:
         held = newest.get(event.sop)
         if held is None or event.version > held.version:

@@ -185,9 +185,8 @@ _UNREAD: Any = object()
 
 
 def _stored(record: LogRecord) -> tuple[Pending, ...] | None:
-    """A pending InstanceStored's study row (with its SOP Instance UID under the
-    key "sop"), modality and SOP class; nothing for an event that changes no
-    study; None for one that is not that simple."""
+    """A pending InstanceStored as the search and the patch read it; nothing
+    for an event that changes no study; None for one that is not that simple."""
     try:
         if codec.peek_type(record.value) in _IGNORED:
             return ()

@@ -90,8 +90,24 @@ class Archive:
         it on a thread of its own, and asks SQL until then)."""
         stored_sops_for(self.log, self.index).build(self.projector.checkpoint())
 
-    def early(self, keys: dict[str, str]) -> Snapshot | None:
-        return without_waiting(self.log, self.projector, self.index, _query(keys))
+    def early(self, keys: dict[str, str], projector: Any = None) -> Snapshot | None:
+        feed = projector if projector is not None else self.projector
+        return without_waiting(self.log, feed, self.index, _query(keys))
+
+    def early_answers(self, projector: Any = None) -> dict[int, Any]:
+        """QUERIES' answers given without waiting, by their place in QUERIES."""
+        early = {}
+        for n, keys in enumerate(QUERIES):
+            snapshot = self.early(keys, projector)
+            if snapshot is not None:
+                early[n] = self.answer(keys, snapshot)
+        return early
+
+    def project_and_compare(self, early: dict[int, Any]) -> None:
+        """Each answer given early is the answer once everything is projected."""
+        self.project()
+        for n, answer in early.items():
+            assert self.answer(QUERIES[n]) == answer, QUERIES[n]
 
     def unchanged(self, keys: dict[str, str]) -> bool:
         return self.early(keys) is not None
@@ -321,14 +337,8 @@ def test_an_answer_given_without_waiting_is_the_answer_after_projecting(
         if filtered:
             archive.filter_stored()
         archive.append(*[_event(*event) for event in pending])
-        early = {}
-        for n, keys in enumerate(QUERIES):
-            snapshot = archive.early(keys)
-            if snapshot is not None:
-                early[n] = archive.answer(keys, snapshot)
-        archive.project()
-        for n, answer in early.items():
-            assert archive.answer(QUERIES[n]) == answer, QUERIES[n]
+        early = archive.early_answers()
+        archive.project_and_compare(early)
         if not pending:
             assert len(early) == len(QUERIES)
     finally:
@@ -364,14 +374,6 @@ def test_events_the_projector_wrote_since_the_memory_read_count_once(
         archive.append(*[_event(*event) for event in pending[:written]])
         archive.projector.run_until(archive.log.end())
         archive.append(*[_event(*event) for event in pending[written:]])
-        behind = _Behind(before)
-        early = {}
-        for n, keys in enumerate(QUERIES):
-            snapshot = without_waiting(archive.log, behind, archive.index, _query(keys))
-            if snapshot is not None:
-                early[n] = archive.answer(keys, snapshot)
-        archive.project()
-        for n, answer in early.items():
-            assert archive.answer(QUERIES[n]) == answer, QUERIES[n]
+        archive.project_and_compare(archive.early_answers(_Behind(before)))
     finally:
         archive.close()
