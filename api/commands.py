@@ -171,9 +171,11 @@ def _serve_front_ends(
     # moment, and a connection must not wait for it (http_balance's tie rule).
     _settle_collector()
     if API in archive.roles:
+        from api.pending_studies import follow_pending
         from api.study_memory import warm_in_background
 
         warm_in_background(archive.index)
+        follow_pending(archive.log, archive.projector, archive.index)
     dimse = _start_dimse(archive, listener)
     if listener is not None:
         _join_siblings(listener, process)

@@ -42,7 +42,9 @@ class Pending(NamedTuple):
     attributes: dict[str, Any]  # its study row (projections.rows)
 
 
-class _Version(NamedTuple):
+class Version(NamedTuple):
+    """An instance's newest version as the patch counts it."""
+
     version: int
     study: str
     series: str
@@ -50,6 +52,11 @@ class _Version(NamedTuple):
     sop_class: str
     hidden: bool
 
+
+#: A study's newest attributes: their version (-1: none), and the row with
+#: the values SQL derives (None: none, or not derivable here).
+Attributes = tuple[int, "dict[str, Any] | None"]
+NO_ATTRIBUTES: Attributes = (-1, None)
 
 _INSTANCES_SQL = (
     "SELECT sop_instance_uid, version, study_instance_uid, series_instance_uid, modality,"
@@ -62,62 +69,92 @@ _STUDIES_SQL = (
     f"SELECT study_instance_uid, version, {', '.join([*STUDY_ATTRIBUTES, *DERIVED_COLUMNS])}"
     " FROM study FINAL WHERE study_instance_uid IN {studies:Array(String)}"
 )
+Known = tuple[dict[str, Version], dict[str, Attributes]]
 
 
 def patched(
-    index: ProjectionStore, snapshot: Snapshot, pending: Sequence[Pending], studies: Iterable[str]
+    index: ProjectionStore,
+    snapshot: Snapshot,
+    pending: Sequence[Pending],
+    studies: Iterable[str],
+    known: Known | None = None,
 ) -> Snapshot | None:
     """`snapshot` with the rows of `studies` as the projector will write them
     once `pending` (every pending event, in log order) is projected; None when
-    a value is one Python cannot derive as ClickHouse does (non-ASCII)."""
+    a value is one Python cannot derive as ClickHouse does (non-ASCII).
+    `known`: their instances and attributes with `pending` counted
+    (api.pending_tally), else read from the index here."""
     wanted = sorted(set(studies))
-    newest = _newest_versions(index, wanted, pending)
-    attributes = _attributes(index, wanted, pending)
+    versions, attributes = known if known is not None else from_index(index, wanted, pending)
     rows: list[dict[str, Any]] = []
     for study in wanted:
-        row = attributes.get(study)
+        _, row = attributes.get(study, NO_ATTRIBUTES)
         if row is None:
             return None
-        rows.append(_row(study, row, [v for v in newest.values() if v.study == study]))
+        rows.append(_row(study, row, [v for v in versions.values() if v.study == study]))
     return snapshot.patched(rows)
 
 
-def _newest_versions(
-    index: ProjectionStore, studies: list[str], pending: Sequence[Pending]
-) -> dict[str, _Version]:
-    sops = sorted({event.sop for event in pending})
-    newest = {  # FINAL: one row, the newest version, per SOP Instance UID
-        str(sop): _Version(
+def from_index(index: ProjectionStore, studies: list[str], pending: Sequence[Pending]) -> Known:
+    """What the index holds of `studies` and of the pending SOP Instance UIDs,
+    with the pending events counted (the newest version wins)."""
+    versions = index_versions(index, studies, sorted({event.sop for event in pending}))
+    attributes = index_attributes(index, studies)
+    wanted = set(studies)
+    for event in pending:
+        _count_version(versions, event)
+        if event.study in wanted:
+            held = attributes.get(event.study, NO_ATTRIBUTES)
+            attributes[event.study] = _newer_attributes(held, event)
+    return versions, attributes
+
+
+def count_event(
+    study: str, versions: dict[str, Version], attributes: Attributes, event: Pending
+) -> Attributes:
+    """Count `event` in one study's tally (`versions`, changed in place): its
+    instance when it stores into the study or moves one of its instances
+    away; its attributes, returned, when it stores into the study."""
+    if event.study == study or event.sop in versions:
+        _count_version(versions, event)
+    return _newer_attributes(attributes, event) if event.study == study else attributes
+
+
+def index_versions(
+    index: ProjectionStore, studies: list[str], sops: list[str]
+) -> dict[str, Version]:
+    """The index's newest version of every instance `studies` ever held and of `sops`."""
+    return {  # FINAL: one row, the newest version, per SOP Instance UID
+        str(sop): Version(
             int(version), str(study), str(series), str(modality), str(sop_class), bool(hidden)
         )
         for sop, version, study, series, modality, sop_class, hidden in index.query(
             _INSTANCES_SQL, {"studies": studies, "sops": sops}
         )
     }
-    for event in pending:
-        held = newest.get(event.sop)
-        if held is None or event.version > held.version:
-            newest[event.sop] = _Version(
-                event.version, event.study, event.series, event.modality, event.sop_class, False
-            )
-    return newest
 
 
-def _attributes(
-    index: ProjectionStore, studies: list[str], pending: Sequence[Pending]
-) -> dict[str, dict[str, Any] | None]:
-    """Each study's newest attributes with the values SQL derives (None: not
-    derivable here), from the index or from a pending event, whichever is newer."""
-    found: dict[str, dict[str, Any] | None] = {
-        str(row["study_instance_uid"]): row
+def index_attributes(index: ProjectionStore, studies: list[str]) -> dict[str, Attributes]:
+    """Each study's newest attributes in the index, with the values SQL derives."""
+    return {
+        str(row["study_instance_uid"]): (int(row["version"]), row)
         for row in index.query_dicts(_STUDIES_SQL, {"studies": studies})
     }
-    wanted = set(studies)
-    for event in pending:
-        held = found.get(event.study)
-        if event.study in wanted and (held is None or event.version > int(held["version"])):
-            found[event.study] = derived(event.attributes)
-    return found
+
+
+def _count_version(versions: dict[str, Version], event: Pending) -> None:
+    held = versions.get(event.sop)
+    if held is None or event.version > held.version:
+        versions[event.sop] = Version(
+            event.version, event.study, event.series, event.modality, event.sop_class, False
+        )
+
+
+def _newer_attributes(held: Attributes, event: Pending) -> Attributes:
+    """A pending event's attributes are the study's when they are newer."""
+    if event.version > held[0]:
+        return event.version, derived(event.attributes)
+    return held
 
 
 def derived(attributes: dict[str, Any]) -> dict[str, Any] | None:
@@ -144,7 +181,7 @@ def normal_time(stored: str) -> str:
     return t[:6].ljust(6, "0") + "." + t[7:13].ljust(6, "0")
 
 
-def _row(study: str, attributes: dict[str, Any], live: list[_Version]) -> dict[str, Any]:
+def _row(study: str, attributes: dict[str, Any], live: list[Version]) -> dict[str, Any]:
     """study_stats' row for the study's newest `attributes` and `live` instances."""
     live = [v for v in live if not v.hidden]
     modalities = sorted({v.modality for v in live})

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from api.pending_patch import Pending, derived, patched
+from api.pending_tally import StudyTallies, follow_in_background, tallies_for
 from api.query_model import Level, Query
 from api.roles import ProjectionFeed
 from api.stored_sops import StoredSops, stored_sops_for
@@ -104,7 +105,12 @@ def without_waiting(
         changed = _changed(snapshot, checks, events)
         if changed is None or _left_studies_match(index, stored, snapshot, checks, events):
             return None
-        return patched(index, snapshot, events, changed) if changed else snapshot
+        if not changed:
+            return snapshot
+        tallies = tallies_for(event_log)
+        wanted = sorted(changed)
+        known = tallies.current(wanted, position.get(PARTITION, 0), events) if tallies else None
+        return patched(index, snapshot, events, wanted, known)
     except ChronicleError as exc:  # the wait decides, and says what failed
         log.debug("pending events not checked: %s", exc)
         return None
@@ -212,6 +218,16 @@ def _stored(record: LogRecord) -> tuple[Pending, ...] | None:
 
 
 _DECODED = _Decoded()
+
+
+def follow_pending(
+    event_log: EventLog | None, projector: ProjectionFeed | None, index: ProjectionStore
+) -> StudyTallies | None:
+    """Start this serving process's study tallies (api.pending_tally) where
+    searches may go ahead without waiting: an embedded log, a projector feed."""
+    if not isinstance(event_log, SqliteEventLog) or projector is None:
+        return None
+    return follow_in_background(event_log, index, projector.checkpoint, _DECODED)
 
 
 def _left_studies_match(
