@@ -86,6 +86,9 @@ def without_waiting(
     checks = predicates(query) if memory is not None else None
     if memory is None or checks is None:
         return None
+    tallies = tallies_for(event_log)
+    if tallies is not None:
+        tallies.touch()
     try:
         snapshot = memory.latest(projector.checkpoint)
         if snapshot is None or snapshot.position is None:
@@ -107,7 +110,6 @@ def without_waiting(
             return None
         if not changed:
             return snapshot
-        tallies = tallies_for(event_log)
         wanted = sorted(changed)
         known = tallies.current(wanted, position.get(PARTITION, 0), events) if tallies else None
         return patched(index, snapshot, events, wanted, known)

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from api import pending_patch
+from api import pending_patch, pending_tally
 from api.pending_studies import _DECODED
-from api.pending_tally import StudyTallies, register
+from api.pending_tally import IDLE_SECONDS, MAX_BEHIND, StudyTallies, register
 from infra.ports import ProjectionStore
 from schemas import codec
 from schemas.events import InstanceStored
@@ -144,3 +144,26 @@ def test_answers_from_tallies_are_the_answers_after_projecting(
         archive.project_and_compare(archive.early_answers())
     finally:
         archive.close()
+
+
+def test_tallies_far_behind_start_again_at_the_log_end(archive: Archive) -> None:
+    tallies = _follow(archive)
+    archive.append(_event(1, 10, "SMITH^ANNA", "MR", "20200105"))
+    tallies.advance(archive.projector.checkpoint())
+    archive.append(
+        *[_event(3, 100 + n, "ZED^ZOE", "US", "20230101") for n in range(MAX_BEHIND + 1)]
+    )
+    tallies.advance(archive.projector.checkpoint())
+    assert tallies.studies() == [] and tallies.at == archive.log.end()[0]
+
+
+def test_tallies_follow_only_while_searches_come(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tallies = _follow(archive)
+    assert tallies.wanted()
+    later = tallies.asked + IDLE_SECONDS
+    monkeypatch.setattr(pending_tally.time, "monotonic", lambda: later)
+    assert not tallies.wanted()
+    archive.early({"PatientName": "SMITH*"})  # a search
+    assert tallies.wanted()
