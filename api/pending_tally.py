@@ -53,12 +53,13 @@ MAX_STUDIES = 64
 #: Studies first read per round: the rest are read in the next rounds.
 READS_PER_ROUND = 4
 #: A tally is read only when the projections are at most this far behind
-#: the log (its events from there are counted from the log).
+#: the tallies (the events in between are counted from the log), and the
+#: tallies farther behind the log end start again there.
 MAX_BEHIND = 1024
 RETRY_SECONDS = 5.0
 #: The thread follows only while searches came this recently: decoding every
-#: event in every process cost C-STORE throughput when nobody searched
-#: (the scale suite's 4-association load: 1.15x Orthanc with it, 1.17-1.47x before).
+#: event in every process costs C-STORE throughput when nobody searches
+#: (~0.3 ms an event; the scale suite's C-STORE ratio fell to 1.15x with it).
 IDLE_SECONDS = 30.0
 
 
@@ -70,10 +71,9 @@ class Decoder(Protocol):
 @dataclass
 class Tally:
     """One study: the newest version of every instance it ever held, and its
-    newest attributes, with every event before offset `at` counted."""
+    newest attributes, with every event before its tallies' `at` counted."""
 
     study: str
-    at: int
     versions: dict[str, Version] = field(default_factory=dict)
     attributes: Attributes = NO_ATTRIBUTES
 
@@ -82,11 +82,12 @@ class Tally:
             self.attributes = count_event(self.study, self.versions, self.attributes, event)
 
     def copy(self) -> Tally:
-        return Tally(self.study, self.at, dict(self.versions), self.attributes)
+        return Tally(self.study, dict(self.versions), self.attributes)
 
 
 class StudyTallies:
-    """The tallies of one process's log; `advance` is the following thread's step."""
+    """The tallies of one process's log, every one counted up to offset `at`;
+    `advance` is the following thread's step (the only one that moves `at`)."""
 
     def __init__(self, event_log: SqliteEventLog, index: ProjectionStore, decoded: Decoder) -> None:
         self._log, self._index, self._decoded = event_log, index, decoded
@@ -122,10 +123,12 @@ class StudyTallies:
     ) -> Known | None:
         """The studies' instances and attributes with `pending` (every event
         from the search's snapshot `position` to its log end) counted too, or
-        None when a tally is missing or starts after `position`."""
+        None when a tally is missing or the tallies start after `position`."""
         with self._lock:
+            if self.at is None or self.at < position:
+                return None
             found = [self._tallies.get(study) for study in studies]
-            if any(tally is None or tally.at < position for tally in found):
+            if any(tally is None for tally in found):
                 return None
             copies = [tally.copy() for tally in found if tally is not None]
         versions: dict[str, Version] = {}
@@ -151,7 +154,6 @@ class StudyTallies:
             else:
                 for tally in self._tallies.values():
                     tally.count(events)
-                    tally.at = stop
                 for event in events:
                     if event.study in self._tallies:
                         self._tallies.move_to_end(event.study)
@@ -170,7 +172,7 @@ class StudyTallies:
             self._unread.pop(study, None)
         if at - start > MAX_BEHIND:
             return
-        tally = Tally(study, at)
+        tally = Tally(study)
         tally.versions = index_versions(self._index, [study], [])
         tally.attributes = index_attributes(self._index, [study]).get(study, NO_ATTRIBUTES)
         events = self._decoded.between(self._log, start, at) if at > start else []

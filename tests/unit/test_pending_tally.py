@@ -4,9 +4,7 @@ asks the index nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +19,7 @@ from schemas import codec
 from schemas.events import InstanceStored
 from tests.unit.test_members import instance_event
 from tests.unit.test_pending_studies import _EVENT, Archive, _event
+from tests.unit.test_pending_studies import archive as archive  # three studies, projected
 from tests.unit.test_pending_studies import index as index  # the module's chDB fixture
 
 
@@ -30,18 +29,6 @@ def _follow(archive: Archive) -> StudyTallies:
     register(tallies, archive.log)
     tallies.advance(archive.projector.checkpoint())
     return tallies
-
-
-@pytest.fixture
-def archive(index: ProjectionStore, tmp_path: Path) -> Iterator[Archive]:
-    made = Archive(tmp_path, index)
-    made.append(
-        _event(1, 1, "SMITH^ANNA", "CT", "20200105"),
-        _event(2, 2, "JONES^CY", "MR", "20210612"),
-    )
-    made.project()
-    yield made
-    made.close()
 
 
 @pytest.fixture
