@@ -95,14 +95,16 @@ class StudyTallies:
         self._tallies: OrderedDict[str, Tally] = OrderedDict()
         self._unread: OrderedDict[str, None] = OrderedDict()
         self.at: int | None = None
-        self.asked = time.monotonic()
+        #: Not wanted until the first search: a process that only stores (a
+        #: modality's burst right after start) decodes nothing for nobody.
+        self.asked = -IDLE_SECONDS
 
     def touch(self) -> None:
         """A search may need the tallies: follow the log (again)."""
         self.asked = time.monotonic()
 
     def wanted(self) -> bool:
-        """Whether a search came lately (`touch`); yes at first."""
+        """Whether a search came lately (`touch`); no before the first."""
         return time.monotonic() - self.asked < IDLE_SECONDS
 
     def advance(self, checkpoint: Mapping[int, int]) -> None:

@@ -148,9 +148,11 @@ def test_tallies_follow_only_while_searches_come(
     archive: Archive, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tallies = _follow(archive)
+    assert not tallies.wanted()  # a process that only stores follows nothing
+    archive.early({"PatientName": "SMITH*"})  # a search
     assert tallies.wanted()
     later = tallies.asked + IDLE_SECONDS
     monkeypatch.setattr(pending_tally.time, "monotonic", lambda: later)
     assert not tallies.wanted()
-    archive.early({"PatientName": "SMITH*"})  # a search
+    archive.early({"PatientName": "SMITH*"})
     assert tallies.wanted()
