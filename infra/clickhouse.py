@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -38,11 +39,14 @@ from clickhouse_connect.driver.exceptions import (
     ProgrammingError,
 )
 
+from infra import priority
 from infra.errors import Invalid, Unavailable
 from infra.owner_state import OwnerState
 from infra.read_cache import READ_CACHE_ENV, CachedReads, ReadCache
 
 DEFAULT_DATABASE = "chronicle"
+#: How often inserts look for chDB merge threads not yet lowered (`_lower_merges`).
+LOWER_MERGES_EVERY_S = 10.0
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 #: Statements that may change a table's columns (the kept insert column types).
 _DDL = re.compile(r"\s*(ALTER|CREATE|DROP|EXCHANGE|RENAME|TRUNCATE|ATTACH|DETACH)\b", re.I)
@@ -133,6 +137,9 @@ class ClickHouseStore:
         cached = url.startswith("chdb:") and os.environ.get(READ_CACHE_ENV, "1") != "0"
         self._cache = ReadCache() if cached else None
         self._reads = CachedReads(self._cache)
+        #: chDB's merge threads lowered so far (`_lower_merges`), and when last looked.
+        self._lowered: set[int] = set()
+        self._lowered_at = -LOWER_MERGES_EVERY_S
         self._in_progress = 0
         # Column types per (table, columns): clickhouse-connect otherwise runs a
         # DESCRIBE TABLE before every insert, one more statement per table per
@@ -200,6 +207,7 @@ class ClickHouseStore:
                 client.insert(
                     table, list(rows), column_names=list(column_names), column_types=types
                 )
+                self._lower_merges()
             except (TypeError, ValueError, OverflowError) as exc:
                 self._column_types.pop(key, None)
                 # The native encoder rejects values that do not fit the column type.
@@ -209,6 +217,16 @@ class ClickHouseStore:
                 # the retry asks for its columns again.
                 self._column_types.pop(key, None)
                 raise
+
+    def _lower_merges(self) -> None:
+        """In-process chDB merges the parts inserts make on threads of its own:
+        background work (infra.priority). Looked for after inserts, now and then,
+        since the pool starts its threads as merges come."""
+        now = time.monotonic()
+        if not self.url.startswith("chdb:") or now - self._lowered_at < LOWER_MERGES_EVERY_S:
+            return
+        self._lowered_at = now
+        priority.lower_threads_named(priority.CHDB_BACKGROUND_THREADS, self._lowered)
 
     def close(self) -> None:
         with self._lock:

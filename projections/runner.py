@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from infra import priority
 from infra.errors import ChronicleError, Invalid
 from infra.owner_state import OwnerState
 from infra.ports import BlobStore, EventLog, LogRecord, Position, ProjectionStore, covers
@@ -110,8 +111,13 @@ class Projector:
 
     def _inserter(self) -> ThreadPoolExecutor:
         if self._pool is None:
+            # The background loop's inserters keep up like the loop itself;
+            # a command projecting in the foreground (replay) keeps its priority.
+            background = threading.current_thread() is self._thread
             self._pool = ThreadPoolExecutor(
-                INSERT_THREADS, thread_name_prefix=f"insert-{self._name}"
+                INSERT_THREADS,
+                thread_name_prefix=f"insert-{self._name}",
+                initializer=priority.lower_this_thread if background else None,
             )
         return self._pool
 
@@ -430,6 +436,7 @@ class Projector:
         self._wake.set()
 
     def _loop(self) -> None:
+        priority.lower_this_thread()  # searches and stores go first (infra.priority)
         # Readers in other processes (a Kafka group, api processes on a
         # ClickHouse server) wait on the stored rows; on chDB every reader
         # shares this object's position (api.workers reads it via OwnerState).
