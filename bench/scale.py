@@ -6,7 +6,8 @@ events and replayed (`chronicle replay`, timed), then served; Orthanc (up to
 --orthanc-sizes) is filled through its REST API. Both answer the same QIDO-RS
 and C-FIND study searches (1 and 8 clients, distinct and repeated keys); at
 the largest size both hold, both store a viewer corpus over 4 C-STORE
-associations and answer series/study /metadata and whole-study WADO-RS. On
+associations, answer series/study /metadata and whole-study WADO-RS, and
+store 5 rounds of 500 CT over 4 associations in turns (bench.scale_store). On
 the largest Chronicle index: a soak (C-STORE at half the maximum plus 20
 QIDO/s) and optionally a py-spy profile of the slowest search. Prints the
 tables and issue 6's targets with PASS/FAIL; writes JSON and a PNG plot to
@@ -36,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(1, str(REPO_ROOT / "bench"))  # bench/ingest.py imports `peers` bare
 
-from bench import scale_profile, scale_report, scale_soak, scale_viewer  # noqa: E402
+from bench import scale_profile, scale_report, scale_soak, scale_store, scale_viewer  # noqa: E402
 from bench.ingest import RESULTS_DIR, _versions  # noqa: E402
 from bench.peers import CALLING_AE, Peer, running_orthanc  # noqa: E402
 from bench.scale_corpus import Shape  # noqa: E402
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     results["versions"] = _versions()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     viewer = scale_viewer.build_corpus(plan.metadata_studies, plan.wado_instances)
+    scale_store.corpus()  # generated before any archive runs
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="chronicle-bench-scale-"))
     try:
         with only_run_in(work):

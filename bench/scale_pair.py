@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench import scale_viewer
+from bench import scale_store, scale_viewer
 from bench.scale_queries import (
     KINDS,
     Opener,
@@ -78,6 +78,11 @@ def measure_pair(
                 "wado", scale_viewer.measure_wado(archives[n].dicomweb, viewer)
             )
         )
+    if size == plan.viewer_size:
+        print(f"@{size:,}: C-STORE throughput, alternating rounds", flush=True)
+        peers = {name: archives[name].peer for name in names}
+        for name, figures in scale_store.measure(peers, scale_store.corpus()).items():
+            out[name]["cstore"] = figures
     return out
 
 

@@ -121,8 +121,8 @@ def _ingest_checks(chronicle: dict[str, Any], orthanc: dict[str, Any]) -> Iterat
     else:
         events = _get(chronicle, "fill", size or "", "events")
         yield Check(target, f"{rate:,.0f} events/s ({events:,} events)", rate >= 20_000)
-    target = "C-STORE (CT 512x512) >= 1.2x Orthanc, 4 associations"
-    path = ("viewer", _common_size(chronicle, orthanc, "viewer"), "load", "ct512", "per_s")
+    target = "C-STORE (CT 512x512) >= 1.2x Orthanc, 4 associations, median round"
+    path = ("viewer", _common_size(chronicle, orthanc, "viewer"), "cstore", "per_s")
     yield _versus(target, _get(chronicle, *path), _get(orthanc, *path), 1.2, "/s", lower=False)
 
 
@@ -204,6 +204,21 @@ def other_table(results: dict[str, Any]) -> Iterator[str]:
                 f"{name:9} @{_size_label(int(size))}: WADO-RS study ({wado['instances']} CT "
                 f"512x512): {wado['mb_per_s']:.0f} MB/s"
             )
+            yield from _store_lines(name, size, viewer)
+
+
+def _store_lines(name: str, size: str, viewer: dict[str, Any]) -> Iterator[str]:
+    at = f"{name:9} @{_size_label(int(size))}"
+    for corpus, load in viewer.get("load", {}).items():
+        if isinstance(load, dict) and "per_s" in load:
+            yield f"{at}: viewer corpus {corpus}, C-STORE x4 once: {load['per_s']:.1f}/s"
+    store = viewer.get("cstore")
+    if store:
+        rounds = ", ".join(f"{rate:.0f}" for rate in store["rounds_per_s"])
+        yield (
+            f"{at}: C-STORE x{store['associations']} CT 512x512, median of rounds "
+            f"{store['per_s']:.1f}/s ({rounds})"
+        )
 
 
 def soak_lines(soak: dict[str, Any] | None) -> Iterator[str]:
