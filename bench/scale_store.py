@@ -7,9 +7,10 @@ such run swings by a third: the same code gave 0.84x and 1.42x in two runs,
 Orthanc 201-421 /s and Chronicle 186-544 /s across sessions. Three causes
 were found by timing rounds one after another:
 
-* the page cache: Orthanc does not fsync its files, so the archive measured
-  after it paid for the writeback of Orthanc's ~1 GB in its own fsyncs
-  (Chronicle 200 -> 350 /s with a `sync` between);
+* the page cache: what earlier phases wrote and nobody synced (a copied
+  index, the other archive's unsynced writes) was flushed by the next
+  archive's fsyncs (Chronicle just after a copy of its index 200 /s, with a
+  `sync` between 350 /s);
 * a process just started: Chronicle's first 30 s followed the log for
   searches nobody made (fixed in api.pending_tally), and ext4 without a
   journal (this host's root) scans past every inode freed in the last minute
