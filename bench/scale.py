@@ -301,11 +301,29 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="chronicle-bench-scale-"))
     try:
         with only_run_in(work):
+            _enough_disk(work, plan)
             _interleave(results, work, plan, viewer)
     finally:
         if not args.keep and not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return _finish(results)
+
+
+#: Free disk the full suite needs in its work folder: both 100k archives, the
+#: 1M index and the soak's ~100k CT (a run with ~40 GB of older work folders
+#: left filled the disk mid-soak, and Chronicle rightly refused 69 % of its
+#: stores with 0xA700).
+FULL_RUN_FREE_BYTES = 30 * 1024**3
+
+
+def _enough_disk(work: Path, plan: Plan) -> None:
+    needed = FULL_RUN_FREE_BYTES * max(plan.sizes) // 1_000_000
+    free = shutil.disk_usage(work).free
+    if free < needed:
+        raise SystemExit(
+            f"{work}: {free / 1024**3:.1f} GiB free, the run needs about "
+            f"{needed / 1024**3:.0f} GiB (remove older --work-dir folders)"
+        )
 
 
 def _interleave(
