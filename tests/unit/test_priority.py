@@ -5,7 +5,6 @@ thread keep their priority; CHRONICLE_BACKGROUND_NICENESS=0 changes nothing."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 
@@ -16,10 +15,6 @@ from infra.ports import ProjectionStore
 from projections.runner import Projector
 from tests.unit.test_projector_checkpoint import SUFFIX, GrowingLog, _filled
 from tests.unit.test_projector_checkpoint import store as store
-
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's"
-)
 
 
 def _nice(thread_id: int) -> int:
