@@ -39,6 +39,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
+
 from api.pending_patch import Pending, derived, patched
 from api.pending_tally import StudyTallies, follow_in_background, tallies_for
 from api.query_model import Level, Query
@@ -121,23 +123,29 @@ def without_waiting(
 def _changed(snapshot: Snapshot, checks: Sequence[Check], events: list[Pending]) -> set[str] | None:
     """The studies pending events may change in the search's answer (each
     one's rows are then made afresh), or None when one cannot be told."""
-    widened: dict[str, tuple[set[str], set[str]]] = {}
+    by_study: dict[str, list[Pending]] = {}
     for event in events:
-        row = snapshot.by_uid.get(event.study)
-        mods, classes = widened.setdefault(
-            event.study,
-            (set(row.modalities) if row else set(), set(row.sop_classes) if row else set()),
-        )
-        mods.add(event.modality)
-        classes.add(event.sop_class)
+        by_study.setdefault(event.study, []).append(event)
     changed: set[str] = set()
-    for event in events:
-        current = snapshot.by_uid.get(event.study)
-        candidate = _candidate(event.attributes, *widened[event.study])
-        if candidate is None:
-            return None
-        if (current is not None and matches(current, checks)) or matches(candidate, checks):
-            changed.add(event.study)
+    for study, mine in by_study.items():
+        current = snapshot.by_uid.get(study)
+        if current is not None and matches(current, checks):
+            changed.add(study)
+            continue
+        mods = set(current.modalities) if current else set()
+        classes = set(current.sop_classes) if current else set()
+        mods.update(event.modality for event in mine)
+        classes.update(event.sop_class for event in mine)
+        # Events with the same attributes make the same candidate row: each
+        # distinct one is checked (a study's instances nearly always agree).
+        distinct = {event.attributes_key or id(event): event.attributes for event in mine}
+        for attributes in distinct.values():
+            candidate = _candidate(attributes, mods, classes)
+            if candidate is None:
+                return None
+            if matches(candidate, checks):
+                changed.add(study)
+                break
     return changed
 
 
@@ -206,6 +214,7 @@ def _stored(record: LogRecord) -> tuple[Pending, ...] | None:
         return None
     rows = rows_for(record, envelope, None).tables
     series = rows["series"][0]
+    attributes = dict(rows["study"][0])
     return (
         Pending(
             payload.study_instance_uid,
@@ -214,9 +223,16 @@ def _stored(record: LogRecord) -> tuple[Pending, ...] | None:
             str(series["modality"]),
             payload.sop_class_uid,
             record.version,
-            dict(rows["study"][0]),
+            attributes,
+            _attributes_key(attributes),
         ),
     )
+
+
+def _attributes_key(attributes: dict[str, Any]) -> bytes:
+    """What a search checks of a study row: all but its version (the event's)."""
+    checked = {name: value for name, value in attributes.items() if name != "version"}
+    return orjson.dumps(checked, option=orjson.OPT_SORT_KEYS, default=str)
 
 
 _DECODED = _Decoded()

@@ -42,6 +42,7 @@ from api.pending_patch import (
     index_versions,
 )
 from infra.ports import ProjectionStore
+from infra.priority import lower_this_thread
 from infra.sqlite_log import PARTITION, SqliteEventLog
 
 log = logging.getLogger("chronicle.pending")
@@ -213,6 +214,7 @@ def follow_in_background(
     register(tallies, event_log)
 
     def follow() -> None:
+        lower_this_thread()  # background work: searches and stores go first
         while True:
             try:
                 if tallies.wanted():

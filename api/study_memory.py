@@ -55,6 +55,8 @@ log = logging.getLogger("chronicle.study_memory")
 MEMORY_ENV = "CHRONICLE_STUDY_MEMORY"
 #: Past this many studies a refresh's re-sort costs more than a statement.
 MAX_STUDIES = 300_000
+#: How often an idle refresher looks whether its memory is still wanted.
+REFRESHER_IDLE_SECONDS = 5.0
 
 #: PN columns held lowered (`lowerUTF8`) and TM columns held in normal form
 #: (`_tm_sql`): values SQL derives, which Python could derive differently.
@@ -88,7 +90,8 @@ class StudyMemory:
         #: Where the projections stand (api.pending_studies): read before each
         #: refresh, so a snapshot covers at least that position.
         self._position_of: Callable[[], dict[int, int]] | None = None
-        self._refreshing = threading.Lock()
+        self._wanted = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def search(
         self, query: Query, snapshot: Snapshot | None = None
@@ -144,17 +147,36 @@ class StudyMemory:
             position = self._position()
             if position is not None and _clock(index) == clock:
                 snapshot.position = position
-        elif self._refreshing.acquire(blocking=False):
-            threading.Thread(target=self._refresh, name="study-memory", daemon=True).start()
+        else:
+            self._wake_refresher()
         return snapshot if snapshot.position is not None else None
 
-    def _refresh(self) -> None:
+    def _wake_refresher(self) -> None:
+        """Ask the refresher thread for a refresh, starting it the first time.
+        One thread for the process's life: a thread started per refresh made
+        the search that started it wait until the new thread first ran (under
+        a C-STORE load, milliseconds behind the busy threads)."""
+        self._wanted.set()
+        if self._refresher is None:
+            with self._lock:
+                if self._refresher is None:
+                    self._refresher = threading.Thread(
+                        target=_refresh_while_wanted,
+                        args=(weakref.ref(self), self._wanted),
+                        name="study-memory",
+                        daemon=True,
+                    )
+                    self._refresher.start()
+
+    def _refresh(self) -> bool:
+        """One background refresh; False once the store is gone."""
+        if self._index() is None:
+            return False
         try:
             self._current()
         except Exception as exc:  # the next search that needs it refreshes (and says)
             log.debug("study memory not refreshed in the background: %s", exc)
-        finally:
-            self._refreshing.release()
+        return True
 
     def warm(self) -> None:
         """Load the rows and build every index now, not in the first searches
@@ -197,6 +219,22 @@ class StudyMemory:
         except Exception as exc:  # no position: searches wait as before
             log.debug("projection position unknown: %s", exc)
             return None
+
+
+def _refresh_while_wanted(memory: weakref.ref[StudyMemory], wanted: threading.Event) -> None:
+    """The refresher's loop: a refresh each time one is wanted, until the
+    memory or its store is gone (the loop holds neither in between)."""
+    while True:
+        wanted.wait(REFRESHER_IDLE_SECONDS)
+        current = memory()
+        if current is None:
+            return
+        if not wanted.is_set():
+            continue
+        wanted.clear()
+        if not current._refresh():
+            return
+        del current
 
 
 def _newest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

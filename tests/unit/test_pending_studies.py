@@ -377,3 +377,19 @@ def test_events_the_projector_wrote_since_the_memory_read_count_once(
         archive.project_and_compare(archive.early_answers(_Behind(before)))
     finally:
         archive.close()
+
+
+def test_every_distinct_state_of_a_pending_study_is_checked(archive: Archive) -> None:
+    """Pending events of one study are checked once per distinct set of
+    attributes: a state in between that matches still counts."""
+    archive.append(
+        _event(9, 20, "MILLER^CAL", "CT", "20200202"),
+        _event(9, 21, "MILLER^CAL", "CT", "20200202"),
+        _event(9, 22, "SMITH^ZED", "CT", "20200202"),
+        _event(9, 23, "SMITH^ZED", "CT", "20200202"),
+    )
+    assert archive.patched({"PatientName": "MIL*"})  # only a state in between matches
+    assert archive.patched({"PatientName": "SMITH*"})
+    assert archive.unchanged({"PatientName": "JONES*"})
+    assert not archive.patched({"PatientName": "JONES*"})
+    archive.holds({"PatientName": "MIL*"}, {"PatientName": "SMITH*"}, {"PatientName": "J*"})

@@ -98,3 +98,21 @@ def test_far_behind_it_is_built_again_and_asks_meanwhile(archive: Archive) -> No
     archive.stored._not_before = float("inf")
     far = {0: archive.log.end()[0] + FOLLOW_MAX + 1}
     assert archive.stored.may_hold(["1.3.9"], far) == {"1.3.9"}
+
+
+def test_a_uid_answered_not_held_is_held_once_its_receipt_is_followed(archive: Archive) -> None:
+    archive.store(1)
+    archive.stored.build(archive.projector.checkpoint())
+    assert archive.held(8) == set()  # answered, and that answer kept...
+    archive.store(8)
+    assert archive.held(8) == {"1.3.8"}  # ...until its receipt is followed
+
+
+def test_a_filter_built_again_answers_afresh(archive: Archive) -> None:
+    archive.store(1)
+    archive.stored.build(archive.projector.checkpoint())
+    assert archive.held(9) == set()
+    archive.log.append([("k", instance_event(1, 1, 9, {}))])
+    archive.projector.run_until(archive.log.end())
+    archive.stored.build(archive.projector.checkpoint())  # past the log: nothing to follow
+    assert archive.held(9) == {"1.3.9"}

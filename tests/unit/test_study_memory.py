@@ -10,6 +10,7 @@ next search, and nothing is read again while the store is not written.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -347,3 +348,29 @@ def test_a_study_written_by_several_batches_since_is_read_at_its_newest(
         store.insert("study_stats", [[row[c] for c in STUDY_COLUMNS]], STUDY_COLUMNS)
     found = [(r["st__version"], r["a__n_instances"]) for r in by_rows(memory, query)]
     assert found == [(70, 9)]
+
+
+def test_background_refreshes_share_one_thread(store: ProjectionStore) -> None:
+    """`latest` answers at once and asks for a refresh when the store changed:
+    one refresher thread for the memory's life, not a thread per refresh (a
+    search waited for each new thread's first run)."""
+    rows = [_plain(UIDS[0], 5)]
+    fill(store, rows)
+    memory = StudyMemory(store)
+    memory.search(Query(Level.STUDY, ()))
+    position = {0: 1}
+    threads: set[int] = set()
+    for version in (6, 7, 8):
+        store.insert("study_stats", [[{**rows[0], "version": version}[c]
+                                      for c in STUDY_COLUMNS]], STUDY_COLUMNS)  # fmt: skip
+        held = memory.latest(lambda: position)
+        assert held is None or held.newest_version < version  # not waited for
+        deadline = time.monotonic() + 10
+        while (memory._snapshot is None or memory._snapshot.newest_version < version) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        assert memory._snapshot is not None and memory._snapshot.newest_version == version
+        assert memory._refresher is not None and memory._refresher.is_alive()
+        threads.add(memory._refresher.ident or 0)
+    assert len(threads) == 1
