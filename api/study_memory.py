@@ -92,6 +92,7 @@ class StudyMemory:
         self._position_of: Callable[[], dict[int, int]] | None = None
         self._wanted = threading.Event()
         self._refresher: threading.Thread | None = None
+        self._refresher_lock = threading.Lock()
 
     def search(
         self, query: Query, snapshot: Snapshot | None = None
@@ -158,7 +159,7 @@ class StudyMemory:
         a C-STORE load, milliseconds behind the busy threads)."""
         self._wanted.set()
         if self._refresher is None:
-            with self._lock:
+            with self._refresher_lock:  # not self._lock: a refresh may hold it
                 if self._refresher is None:
                     self._refresher = threading.Thread(
                         target=_refresh_while_wanted,
