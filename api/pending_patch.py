@@ -40,9 +40,9 @@ class Pending(NamedTuple):
     sop_class: str
     version: int
     attributes: dict[str, Any]  # its study row (projections.rows)
-    #: `attributes` as bytes (sorted keys): the events of one study nearly
+    #: `attributes` less the version, as bytes: the events of one study nearly
     #: always carry the same, checked once per search (api.pending_studies).
-    attributes_key: bytes = b""
+    attributes_key: bytes
 
 
 class Version(NamedTuple):

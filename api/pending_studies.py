@@ -138,7 +138,7 @@ def _changed(snapshot: Snapshot, checks: Sequence[Check], events: list[Pending])
         classes.update(event.sop_class for event in mine)
         # Events with the same attributes make the same candidate row: each
         # distinct one is checked (a study's instances nearly always agree).
-        distinct = {event.attributes_key or id(event): event.attributes for event in mine}
+        distinct = {event.attributes_key: event.attributes for event in mine}
         for attributes in distinct.values():
             candidate = _candidate(attributes, mods, classes)
             if candidate is None:
